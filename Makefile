@@ -1,0 +1,27 @@
+# lakerec: `make run` installs what is missing and runs the nightly pipeline; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DS ?= $(shell date +%F)
+ENV ?= local
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip uv
+	$(VENV)/bin/uv pip install --python $(PY) -e '.[dev,text]'
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps petastorm==0.13.1
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m lakerec.pipeline --ds $(DS) --env $(ENV)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf warehouse models reports spark-warehouse metastore_db derby.log

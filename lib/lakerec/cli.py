@@ -1,0 +1,56 @@
+"""Command-line plumbing shared by every job: arguments, config, logging, SparkSession."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from typing import Any, Callable, Optional, Sequence
+
+from lakerec.config import Config, ConfigError, load_config
+
+log = logging.getLogger("lakerec")
+
+
+def _ds(value: str) -> str:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ds must be a date YYYY-MM-DD, got {value!r}") from None
+    return value
+
+
+def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--ds", type=_ds, default=dt.date.today().isoformat(), help="run date YYYY-MM-DD (default: today)")
+    parser.add_argument("--env", default="local", help="config environment: conf/<env>.yaml (default: local)")
+    parser.add_argument("--conf", help="extra YAML config file applied after conf/<env>.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+    return parser.parse_args(argv)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "petastorm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Load and validate config; exits with the key-naming message before anything is written."""
+    try:
+        return load_config(args.env, args.conf, args.set)
+    except ConfigError as exc:
+        raise SystemExit(f"lakerec: bad config: {exc}") from None
+
+
+def run_stage(stage: Callable[..., Any], description: str, argv: Optional[Sequence[str]] = None) -> Any:
+    """Entry point of a ``jobs/<stage>.py``: parse args, load config, start Spark, run the stage."""
+    from lakerec.spark import build_spark
+
+    setup_logging()
+    args = parse_args(description, argv)
+    cfg = load(args)
+    spark = build_spark(cfg)
+    result = stage(spark, cfg, args.ds)
+    log.info("%s done for ds=%s", description, args.ds)
+    return result

@@ -1,0 +1,255 @@
+"""Configuration: conf/base.yaml + conf/<env>.yaml + --conf FILE + --set key=value, validated once.
+
+Every job loads its config through :func:`load_config` before it touches Spark or any table, so
+an unknown key, a wrong type or a missing input path fails fast with a message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always naming the offending key."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "lakerec"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    delta_package: str = "io.delta:delta-spark_2.13:4.0.1"
+    # Local Delta jars (air-gapped clusters): when non-empty they replace the Maven download.
+    delta_jars: list[str] = field(default_factory=list)
+    arrow_batch_size: int = 10000
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    format: Literal["movielens_latest"] = "movielens_latest"
+    path: str = "data/ml-latest-small"
+    name: str = "ml-latest-small"
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    # An interaction is a positive when its rating is >= this; null: every interaction is positive.
+    positive_threshold: Optional[float] = None
+    test_fraction: float = 0.2
+    val_fraction: float = 0.0
+    # Users with fewer interactions keep them all in train (nothing to hold out).
+    min_user_interactions: int = 5
+    training_files: int = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dim: int = 64
+    epochs: int = 10
+    batch_size: int = 2048
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    l2: float = 1e-5
+    seed: int = 42
+    num_processes: int = 2
+    launcher: Literal["torch_distributor", "torchrun"] = "torch_distributor"
+    reader_workers: int = 2
+    shuffle_buffer: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    top_n: int = 100
+    block_size: int = 1024
+    threads_per_worker: int = 1
+    # Publish gate: distinct items recommended must be >= this fraction of the previous ds's.
+    min_coverage_ratio: float = 0.5
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    k: list[int] = field(default_factory=lambda: [10])
+
+
+@dataclass(frozen=True)
+class Config:
+    warehouse: str = "warehouse"
+    models_dir: str = "models"
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _apply_set(data: dict, assignment: str) -> dict:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    dotted, raw = assignment.split("=", 1)
+    node: dict = {}
+    leaf = node
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        leaf[part] = {}
+        leaf = leaf[part]
+    leaf[parts[-1]] = yaml.safe_load(raw)
+    return _deep_merge(data, node)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint``; return it converted to the declared form."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return _build(hint, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return {str(k): str(v) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"config key '{key}' has an unsupported type {hint}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' (known keys under '{prefix or '<top>'}': {sorted(names)})"
+        )
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: Config) -> None:
+    """Rules beyond types: ranges and input paths."""
+    checks = [
+        ("features.test_fraction", 0.0 < cfg.features.test_fraction < 1.0, "must be in (0, 1)"),
+        ("features.val_fraction", 0.0 <= cfg.features.val_fraction < 1.0, "must be in [0, 1)"),
+        (
+            "features.val_fraction",
+            cfg.features.test_fraction + cfg.features.val_fraction < 1.0,
+            "test_fraction + val_fraction must be < 1",
+        ),
+        ("features.training_files", cfg.features.training_files >= 1, "must be >= 1"),
+        ("train.num_processes", cfg.train.num_processes >= 1, "must be >= 1"),
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("train.dim", cfg.train.dim >= 1, "must be >= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("train.lr", cfg.train.lr > 0, "must be > 0"),
+        ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),
+        ("score.top_n", cfg.score.top_n >= 1, "must be >= 1"),
+        ("score.block_size", cfg.score.block_size >= 1, "must be >= 1"),
+        ("score.threads_per_worker", cfg.score.threads_per_worker >= 1, "must be >= 1"),
+        ("score.min_coverage_ratio", 0.0 <= cfg.score.min_coverage_ratio <= 1.0, "must be in [0, 1]"),
+        ("source.rating_max", cfg.source.rating_max >= cfg.source.rating_min, "must be >= source.rating_min"),
+        ("evaluate.k", bool(cfg.evaluate.k) and all(k >= 1 for k in cfg.evaluate.k), "must be a non-empty list of ints >= 1"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}' {message}")
+    if _local_path_missing(cfg.source.path):
+        raise ConfigError(f"config key 'source.path': input path does not exist: {resolve_path(cfg.source.path)}")
+    for i, jar in enumerate(cfg.spark.delta_jars):
+        if _local_path_missing(jar):
+            raise ConfigError(f"config key 'spark.delta_jars[{i}]': jar not found: {jar}")
+
+
+def resolve_path(path: str) -> str:
+    """Relative local paths in config are relative to the repository root, so jobs work from any cwd.
+
+    URIs (``s3a://``, ``abfss://``, ``file://``...) are returned unchanged.
+    """
+    if "://" in path:
+        return path
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else REPO_ROOT / p)
+
+
+def _local_path_missing(path: str) -> bool:
+    return "://" not in path and not Path(resolve_path(path)).exists()
+
+
+def load_config(env: str = "local", conf_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load base + env + optional file + ``key=value`` overrides into a validated :class:`Config`."""
+    data = _read_yaml(CONF_DIR / "base.yaml")
+    env_file = CONF_DIR / f"{env}.yaml"
+    if not env_file.is_file():
+        raise ConfigError(f"unknown --env {env!r}: no {env_file}")
+    data = _deep_merge(data, _read_yaml(env_file))
+    if conf_file:
+        data = _deep_merge(data, _read_yaml(Path(conf_file)))
+    for assignment in overrides or []:
+        data = _apply_set(data, assignment)
+    cfg = _build(Config, data)
+    _check_semantics(cfg)
+    return cfg

@@ -1,0 +1,218 @@
+"""Nightly scorer: blocked top-N in a pandas UDF -> staging -> publish gate -> serving.recommendations.
+
+For a block of users: scores = U_block @ V.T + b (one torch matmul), seen items set to -inf,
+``topk``. Item factors travel once per executor as a broadcast; the tensors are built once per
+Python worker. Memory is bounded by ``score.block_size`` x catalogue, never by the user count.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lakerec import tables
+from lakerec.config import Config
+from lakerec.features import TRAIN
+from lakerec.models import FactorModel
+from lakerec.train import FACTORS_FILE, latest_model_dir
+
+log = logging.getLogger(__name__)
+
+MODEL_REASON = "model"
+FALLBACK_REASON = "popularity_fallback"
+SCORED_SCHEMA = "user_idx int, rank int, item_idx int, score float"
+
+# Per Python worker: model tensors built from the broadcast once, reused by every batch.
+_WORKER_MODELS: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+class PublishGateError(RuntimeError):
+    """The staged recommendations failed a check; serving keeps the previous output."""
+
+
+def top_n_block(
+    user_factors: torch.Tensor,
+    item_factors: torch.Tensor,
+    item_bias: torch.Tensor,
+    seen: Sequence[np.ndarray],
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` unseen items for one block of users: (scores, item_idx), each (block, k).
+
+    Order is score descending, then item_idx ascending, so ties are broken deterministically.
+    Slots past a user's unseen items hold ``-inf`` scores and must be dropped by the caller.
+    """
+    scores = user_factors @ item_factors.T + item_bias
+    lengths = [len(s) for s in seen]
+    if sum(lengths):
+        rows = torch.from_numpy(np.repeat(np.arange(len(seen)), lengths))
+        cols = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in seen]))
+        scores[rows, cols] = float("-inf")
+    k = min(n, scores.shape[1])
+    values, items = torch.topk(scores, k, dim=1)
+    items, by_item = torch.sort(items, dim=1)
+    values = torch.gather(values, 1, by_item)
+    values, by_score = torch.sort(values, dim=1, descending=True, stable=True)
+    items = torch.gather(items, 1, by_score)
+    return values.numpy(), items.numpy()
+
+
+def _worker_model(key: str, broadcast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if key not in _WORKER_MODELS:
+        model: FactorModel = broadcast.value
+        _WORKER_MODELS.clear()
+        _WORKER_MODELS[key] = (
+            torch.from_numpy(np.ascontiguousarray(model.user_factors, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(model.item_factors, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(model.item_bias, dtype=np.float32)),
+        )
+    return _WORKER_MODELS[key]
+
+
+def score_users(users: DataFrame, model: FactorModel, model_key: str, n: int, block_size: int, threads: int) -> DataFrame:
+    """``users`` (user_idx int, seen array<int>) -> (user_idx, rank, item_idx, score) top-N rows."""
+    broadcast = users.sparkSession.sparkContext.broadcast(model)
+
+    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        torch.set_num_threads(threads)
+        user_f, item_f, bias = _worker_model(model_key, broadcast)
+        for pdf in batches:
+            for start in range(0, len(pdf), block_size):
+                block = pdf.iloc[start : start + block_size]
+                user_idx = block["user_idx"].to_numpy(np.int64)
+                seen = [np.asarray(s if s is not None else [], dtype=np.int64) for s in block["seen"]]
+                values, items = top_n_block(user_f[torch.from_numpy(user_idx)], item_f, bias, seen, n)
+                keep = np.isfinite(values)
+                ranks = np.cumsum(keep, axis=1)
+                yield pd.DataFrame({
+                    "user_idx": np.repeat(user_idx, keep.sum(axis=1)).astype(np.int32),
+                    "rank": ranks[keep].astype(np.int32),
+                    "item_idx": items[keep].astype(np.int32),
+                    "score": values[keep].astype(np.float32),
+                })
+
+    return users.select("user_idx", "seen").mapInPandas(score_partition, SCORED_SCHEMA)
+
+
+def seen_items(silver: DataFrame) -> DataFrame:
+    """(user_idx, seen array<int>): each user's training items, one row per user (no row explosion)."""
+    return silver.where(F.col("split") == TRAIN).groupBy("user_idx").agg(F.collect_list("item_idx").alias("seen"))
+
+
+def popularity_model(spark: SparkSession, cfg: Config, n_users: int, n_items: int) -> FactorModel:
+    counts = np.zeros(n_items, np.float32)
+    rows = tables.read(spark, cfg, tables.TRAINING_EXAMPLES).groupBy("item_idx").count().collect()
+    for r in rows:  # one row per item: catalogue-sized, never interaction-sized
+        counts[r["item_idx"]] = r["count"]
+    return FactorModel.popularity(n_users, counts)
+
+
+def _with_keys(spark: SparkSession, cfg: Config, scored: DataFrame) -> DataFrame:
+    users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
+    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
+    return scored.join(users, "user_idx").join(F.broadcast(items), "item_idx")
+
+
+def build_recommendations(spark: SparkSession, cfg: Config, ds: str, model_dir: Path) -> DataFrame:
+    """All users' top-N: the model for users with training history, popularity for the others."""
+    model = FactorModel.load(model_dir / FACTORS_FILE)
+    model_version = model_dir.name
+    n, sc = cfg.score.top_n, cfg.score
+    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
+    users = seen_items(silver)
+    scored = score_users(users, model, model_version, n, sc.block_size, sc.threads_per_worker)
+    scored = scored.withColumn("reason", F.lit(MODEL_REASON))
+
+    n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
+    pop = popularity_model(spark, cfg, n_users, n_items)
+    top_pop = np.argsort(-pop.item_bias, kind="stable")[:n]
+    fallback_list = spark.createDataFrame(
+        [(int(i), r + 1, float(pop.item_bias[i])) for r, i in enumerate(top_pop)], "item_idx int, rank int, score float"
+    )
+    cold = (
+        tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"))
+        .join(users.select("user_idx"), "user_idx", "left_anti")
+    )
+    fallback = cold.crossJoin(F.broadcast(fallback_list)).withColumn("reason", F.lit(FALLBACK_REASON))
+    recs = _with_keys(spark, cfg, scored.unionByName(fallback))
+    return recs.select(
+        F.lit(ds).alias("ds"), "user_key", "rank", "item_key", "score",
+        F.lit(model_version).alias("model_version"), "reason",
+    )
+
+
+def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) -> list[str]:
+    """Checks the staged recommendations must pass before publishing; returns what failed."""
+    n = cfg.score.top_n
+    failures = []
+    n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).count()
+    expected_users = tables.read(spark, cfg, tables.ID_MAP_USERS).count()
+    per_user = staged.groupBy("user_key").agg(
+        F.count("*").alias("rows"), F.countDistinct("rank").alias("ranks"),
+        F.countDistinct("item_key").alias("items"), F.max("rank").alias("max_rank"),
+    )
+    users = per_user.count()
+    if users != expected_users:
+        failures.append(f"{users} users have recommendations, {expected_users} users are known")
+    # A user who has seen nearly the whole catalogue may get fewer than N; nobody may get more.
+    bad = per_user.where(
+        (F.col("rows") != F.col("ranks")) | (F.col("rows") != F.col("items")) | (F.col("max_rank") != F.col("rows"))
+        | (F.col("rows") > n) | ((F.col("rows") < n) & F.lit(n_items > n * 2))
+    ).count()
+    if bad:
+        failures.append(f"{bad} users do not have exactly {n} distinct items ranked 1..{n}")
+    nulls = staged.where(" OR ".join(f"{c} IS NULL" for c in staged.columns)).count()
+    if nulls:
+        failures.append(f"{nulls} rows have nulls")
+    non_finite = staged.where(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf"))).count()
+    if non_finite:
+        failures.append(f"{non_finite} rows have non-finite scores")
+    train_pairs = (
+        tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where(F.col("split") == TRAIN)
+        .select("user_idx", "item_idx")
+    )
+    seen_recs = _with_keys(spark, cfg, train_pairs).join(staged, ["user_key", "item_key"]).count()
+    if seen_recs:
+        failures.append(f"{seen_recs} recommendations are items the user already has in training")
+    if cfg.score.min_coverage_ratio > 0 and tables.exists(spark, cfg, tables.RECOMMENDATIONS):
+        previous = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") < ds)
+        last_ds = previous.agg(F.max("ds")).first()[0]
+        if last_ds is not None:
+            prev_cov = previous.where(F.col("ds") == last_ds).select("item_key").distinct().count()
+            cov = staged.select("item_key").distinct().count()
+            if cov < cfg.score.min_coverage_ratio * prev_cov:
+                failures.append(
+                    f"catalogue coverage {cov} items is below {cfg.score.min_coverage_ratio:.0%} of "
+                    f"{prev_cov} on {last_ds} (score.min_coverage_ratio)"
+                )
+    return failures
+
+
+def run(spark: SparkSession, cfg: Config, ds: str, model_dir: Path | None = None) -> dict:
+    """Score every user for ``ds`` and publish, or fail leaving serving untouched."""
+    model_dir = model_dir or latest_model_dir(cfg)
+    recs = build_recommendations(spark, cfg, ds, model_dir)
+    tables.overwrite(recs, cfg, tables.STAGING_RECOMMENDATIONS)
+    staged = tables.read(spark, cfg, tables.STAGING_RECOMMENDATIONS)
+    failures = gate_failures(spark, cfg, staged, ds)
+    if failures:
+        raise PublishGateError(
+            f"not publishing ds={ds} from {model_dir.name}: " + "; ".join(failures)
+            + f". Serving keeps its previous output; the rejected rows are in {tables.STAGING_RECOMMENDATIONS.path(cfg)}"
+        )
+    tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, f"ds = '{ds}'")
+    summary = {
+        "ds": ds,
+        "model_version": model_dir.name,
+        "rows": staged.count(),
+        "users_by_reason": {r["reason"]: r["users"] for r in
+                            staged.groupBy("reason").agg(F.countDistinct("user_key").alias("users")).collect()},
+    }
+    log.info("score %s: %s", ds, summary)
+    return summary

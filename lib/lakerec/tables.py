@@ -1,0 +1,218 @@
+"""Table contracts and Delta I/O: every table lakerec reads or writes is declared here, once.
+
+Writers go through :func:`overwrite`, :func:`replace_where` or :func:`merge_insert`, which conform
+the DataFrame to the declared schema first, so a stage cannot silently change a contract.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from lakerec.config import Config, resolve_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Table:
+    layer: str
+    name: str
+    schema: StructType
+    partition_by: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+    def path(self, cfg: Config) -> str:
+        return f"{resolve_path(cfg.warehouse)}/{self.layer}/{self.name}"
+
+
+def _schema(*fields: tuple) -> StructType:
+    return StructType([StructField(name, dtype, nullable) for name, dtype, nullable in fields])
+
+
+BRONZE_INTERACTIONS = Table(
+    "bronze", "interactions",
+    _schema(
+        ("source", StringType(), False),
+        ("user_key", StringType(), False),
+        ("item_key", StringType(), False),
+        ("rating", DoubleType(), True),
+        ("ts", LongType(), True),
+        ("ingest_ds", StringType(), False),
+        ("raw_file", StringType(), False),
+    ),
+    key=("source", "user_key", "item_key", "ts"),
+)
+
+BRONZE_ITEMS = Table(
+    "bronze", "items",
+    _schema(
+        ("item_key", StringType(), False),
+        ("title", StringType(), True),
+        ("genres", ArrayType(StringType()), False),
+        ("year", IntegerType(), True),
+        ("tags", ArrayType(StringType()), False),
+        ("text", StringType(), False),
+        ("source", StringType(), False),
+        ("ingest_ds", StringType(), False),
+    ),
+    key=("item_key",),
+)
+
+QUARANTINE_REJECTS = Table(
+    "quarantine", "rejects",
+    _schema(
+        ("ds", StringType(), False),
+        ("source", StringType(), False),
+        ("raw_file", StringType(), False),
+        ("raw", StringType(), True),
+        ("reason", StringType(), False),
+    ),
+    partition_by=("ds",),
+)
+
+_ID_MAP_SCHEMA = _schema(("key", StringType(), False), ("idx", IntegerType(), False), ("first_ds", StringType(), False))
+ID_MAP_USERS = Table("silver", "id_map_users", _ID_MAP_SCHEMA, key=("key",))
+ID_MAP_ITEMS = Table("silver", "id_map_items", _ID_MAP_SCHEMA, key=("key",))
+
+SILVER_INTERACTIONS = Table(
+    "silver", "interactions",
+    _schema(
+        ("user_idx", IntegerType(), False),
+        ("item_idx", IntegerType(), False),
+        ("rating", DoubleType(), True),
+        ("label", FloatType(), False),
+        ("ts", LongType(), True),
+        ("split", StringType(), False),
+    ),
+    key=("user_idx", "item_idx"),
+)
+
+TRAINING_EXAMPLES = Table(
+    "features", "training_examples",
+    _schema(
+        ("user_idx", IntegerType(), False),
+        ("item_idx", IntegerType(), False),
+        ("label", FloatType(), False),
+    ),
+)
+
+STAGING_RECOMMENDATIONS = Table(
+    "staging", "recommendations",
+    _schema(
+        ("ds", StringType(), False),
+        ("user_key", StringType(), False),
+        ("rank", IntegerType(), False),
+        ("item_key", StringType(), False),
+        ("score", FloatType(), False),
+        ("model_version", StringType(), False),
+        ("reason", StringType(), False),
+    ),
+)
+
+RECOMMENDATIONS = Table(
+    "serving", "recommendations", STAGING_RECOMMENDATIONS.schema,
+    partition_by=("ds",), key=("ds", "user_key", "rank"),
+)
+
+METRICS = Table(
+    "serving", "metrics",
+    _schema(
+        ("ds", StringType(), False),
+        ("model_version", StringType(), False),
+        ("model", StringType(), False),
+        ("metric", StringType(), False),
+        ("k", IntegerType(), False),
+        ("value", DoubleType(), False),
+    ),
+    partition_by=("ds",), key=("ds", "model_version", "model", "metric", "k"),
+)
+
+ALL_TABLES = (
+    BRONZE_INTERACTIONS, BRONZE_ITEMS, QUARANTINE_REJECTS, ID_MAP_USERS, ID_MAP_ITEMS,
+    SILVER_INTERACTIONS, TRAINING_EXAMPLES, STAGING_RECOMMENDATIONS, RECOMMENDATIONS, METRICS,
+)
+
+
+def conform(df: DataFrame, table: Table) -> DataFrame:
+    """Select and cast ``df`` to the table's declared columns; fail naming any missing column."""
+    missing = [f.name for f in table.schema.fields if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"{table.qualified}: DataFrame lacks declared columns {missing}")
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in table.schema.fields])
+
+
+def exists(spark: SparkSession, cfg: Config, table: Table) -> bool:
+    return DeltaTable.isDeltaTable(spark, table.path(cfg))
+
+
+def read(spark: SparkSession, cfg: Config, table: Table, version: Optional[int] = None) -> DataFrame:
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(table.path(cfg))
+
+
+def version(spark: SparkSession, cfg: Config, table: Table) -> int:
+    """The latest committed Delta version of ``table``."""
+    return DeltaTable.forPath(spark, table.path(cfg)).history(1).select("version").first()[0]
+
+
+def _writer(df: DataFrame, table: Table):
+    writer = conform(df, table).write.format("delta")
+    if table.partition_by:
+        writer = writer.partitionBy(*table.partition_by)
+    return writer
+
+
+def overwrite(df: DataFrame, cfg: Config, table: Table) -> None:
+    """Replace the whole table in one atomic commit."""
+    _writer(df, table).mode("overwrite").save(table.path(cfg))
+
+
+def replace_where(df: DataFrame, cfg: Config, table: Table, predicate: str) -> None:
+    """Atomically replace the rows matching ``predicate`` (e.g. one ``ds``): reruns never duplicate."""
+    _writer(df, table).mode("overwrite").option("replaceWhere", predicate).save(table.path(cfg))
+
+
+def append(df: DataFrame, cfg: Config, table: Table) -> None:
+    _writer(df, table).mode("append").save(table.path(cfg))
+
+
+def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, update: bool = False) -> int:
+    """MERGE ``df`` into ``table`` on its key: insert rows whose key is new, optionally update the others.
+
+    Returns the number of rows inserted. Creates the table on first use.
+    """
+    if not exists(spark, cfg, table):
+        df = conform(df, table)
+        df.cache()
+        count = df.count()
+        _writer(df, table).mode("errorifexists").save(table.path(cfg))
+        df.unpersist()
+        return count
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.key)
+    merge = DeltaTable.forPath(spark, table.path(cfg)).alias("t").merge(conform(df, table).alias("s"), condition)
+    if update:
+        merge = merge.whenMatchedUpdateAll()
+    merge.whenNotMatchedInsertAll().execute()
+    metrics = DeltaTable.forPath(spark, table.path(cfg)).history(1).select("operationMetrics").first()[0]
+    return int(metrics.get("numTargetRowsInserted", 0))
