@@ -30,7 +30,7 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argpar
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("py4j", "petastorm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -45,10 +45,10 @@ def parse_ratings(lines: DataFrame, rating_min: float, rating_max: float) -> Dat
     ``reason`` is null for a valid row, otherwise the first problem found. Pure DataFrame -> DataFrame.
     """
     parts = F.split(F.col("value"), ",", -1)
-    user = _blank_to_null(parts.getItem(0))
-    item = _blank_to_null(parts.getItem(1))
-    rating_raw = _blank_to_null(parts.getItem(2))
-    ts_raw = _blank_to_null(parts.getItem(3))
+    user = _blank_to_null(F.get(parts, 0))
+    item = _blank_to_null(F.get(parts, 1))
+    rating_raw = _blank_to_null(F.get(parts, 2))
+    ts_raw = _blank_to_null(F.get(parts, 3))
     rating = rating_raw.try_cast("double")
     ts = ts_raw.try_cast("long")
     reason = (

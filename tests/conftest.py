@@ -1,0 +1,78 @@
+"""One local SparkSession for the whole suite, and small MovieLens-layout sources written per test."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lakerec.config import REPO_ROOT, Config, load_config
+from lakerec.synthetic import write_movielens
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TINY = {"n_users": 40, "n_items": 60, "n_interactions": 1200, "seed": 3}
+
+
+def make_config(root: Path, source: Path, *overrides: str) -> Config:
+    """A validated config whose warehouse and models live under ``root``."""
+    return load_config(
+        "local",
+        overrides=[
+            f"warehouse={root}/warehouse",
+            f"models_dir={root}/models",
+            f"source.path={source}",
+            "source.name=tiny",
+            "spark.shuffle_partitions=2",
+            "train.epochs=3",
+            "score.top_n=20",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from lakerec.spark import build_spark
+
+    root = tmp_path_factory.mktemp("spark")
+    cfg = make_config(root, REPO_ROOT / "data" / "ml-latest-small", f"spark.conf={{spark.local.dir: '{root}'}}")
+    session = build_spark(cfg)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> Path:
+    """A small synthetic MovieLens-latest source (ratings.csv, movies.csv, tags.csv)."""
+    out = tmp_path_factory.mktemp("tiny_source")
+    write_movielens(out, **TINY)
+    return out
+
+
+@pytest.fixture
+def source_copy(tiny_source, tmp_path) -> Path:
+    """A private copy of the tiny source that a test may append bad lines to."""
+    dest = tmp_path / "source"
+    shutil.copytree(tiny_source, dest)
+    return dest
+
+
+def requires_shared_data(name: str):
+    """Skip (with the reason) when ../shared/data/<name> is not beside the checkout."""
+    return pytest.mark.skipif(
+        not (SHARED_DATA / name).is_dir(),
+        reason=f"{SHARED_DATA / name} is absent: MovieLens data under ../shared is only beside CI checkouts",
+    )
+
+
+PIPELINE_DS = "2026-01-01"
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(spark, tiny_source, tmp_path_factory):
+    """The whole nightly pipeline once on the tiny source: (cfg, results by stage)."""
+    from lakerec.pipeline import run_all
+
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = make_config(root, tiny_source, "evaluate.k=[5, 10]")
+    return cfg, run_all(spark, cfg, PIPELINE_DS)

@@ -1,0 +1,56 @@
+"""Config: validated once, and every failure names the key (no Spark needed)."""
+import re
+from pathlib import Path
+
+import pytest
+
+from lakerec.cli import parse_args
+from lakerec.config import ConfigError, load_config
+
+
+def test_defaults_load_and_overrides_apply():
+    cfg = load_config("local", overrides=["train.epochs=3", "score.top_n=7", "evaluate.k=[5, 10]"])
+    assert cfg.train.epochs == 3
+    assert cfg.score.top_n == 7
+    assert cfg.evaluate.k == [5, 10]
+    assert cfg.spark.delta_package == "io.delta:delta-spark_2.13:4.0.1"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epoch=3", "train.epoch"),
+        ("nonsense=1", "nonsense"),
+        ("train.epochs=ten", "train.epochs"),
+        ("train.lr=fast", "train.lr"),
+        ("train.launcher=mpirun", "train.launcher"),
+        ("evaluate.k=10", "evaluate.k"),
+        ("features.test_fraction=1.5", "features.test_fraction"),
+        ("score.top_n=0", "score.top_n"),
+        ("source.path=/no/such/dir", "source.path"),
+        ("spark.delta_jars=[/no/such.jar]", "spark.delta_jars[0]"),
+    ],
+)
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        load_config("local", overrides=[override])
+
+
+def test_conf_file_layers_over_env(tmp_path: Path):
+    extra = tmp_path / "team.yaml"
+    extra.write_text("train:\n  dim: 16\nscore:\n  top_n: 5\n")
+    cfg = load_config("local", conf_file=str(extra), overrides=["score.top_n=9"])
+    assert (cfg.train.dim, cfg.score.top_n) == (16, 9)
+
+
+def test_unknown_env_and_missing_file_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="--env 'nope'"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("local", conf_file=str(tmp_path / "missing.yaml"))
+
+
+def test_bad_ds_is_rejected():
+    with pytest.raises(SystemExit):
+        parse_args("x", ["--ds", "25/11/2026"])
+    assert parse_args("x", ["--ds", "2026-11-25"]).ds == "2026-11-25"
