@@ -37,12 +37,50 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class InteractionMapping:
+    """Where the interactions of a generic source are and which column means what."""
+
+    file: str = ""  # relative to source.path; a glob or folder is fine
+    type: Literal["csv", "parquet", "json"] = "csv"
+    separator: str = ","
+    header: bool = True
+    encoding: str = "utf-8"
+    user: str = "user_id"
+    item: str = "item_id"
+    rating: Optional[str] = None  # explicit rating column
+    weight: Optional[str] = None  # implicit strength (play count, clicks); used when there is no rating
+    timestamp: Optional[str] = None  # without one, splits fall back to random per user
+    timestamp_format: Optional[str] = None  # null: epoch seconds; else a Spark datetime pattern
+
+
+@dataclass(frozen=True)
+class ItemMapping:
+    """Where the item metadata of a generic source is and which column means what."""
+
+    file: str = ""
+    type: Literal["csv", "parquet", "json"] = "csv"
+    separator: str = ","
+    header: bool = True
+    encoding: str = "utf-8"
+    item: str = "item_id"
+    title: Optional[str] = None
+    genres: Optional[str] = None
+    genre_separator: str = "|"
+    description: Optional[str] = None
+    tags: Optional[str] = None
+    tag_separator: str = "|"
+
+
+@dataclass(frozen=True)
 class SourceConfig:
-    format: Literal["movielens_latest"] = "movielens_latest"
+    # movielens_latest (also 25M/32M), movielens_100k, movielens_1m (also 10M), or generic.
+    format: Literal["movielens_latest", "movielens_100k", "movielens_1m", "generic"] = "movielens_latest"
     path: str = "data/ml-latest-small"
     name: str = "ml-latest-small"
     rating_min: float = 0.5
     rating_max: float = 5.0
+    interactions: Optional[InteractionMapping] = None  # generic only
+    items: Optional[ItemMapping] = None  # generic only; optional there too
 
 
 @dataclass(frozen=True)
@@ -217,6 +255,10 @@ def _check_semantics(cfg: Config) -> None:
     for key, ok, message in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {message}")
+    if cfg.source.format == "generic" and (cfg.source.interactions is None or not cfg.source.interactions.file):
+        raise ConfigError("config key 'source.interactions.file' is required when source.format is generic")
+    if cfg.source.interactions and not (cfg.source.interactions.user and cfg.source.interactions.item):
+        raise ConfigError("config key 'source.interactions.user' / 'source.interactions.item' must name columns")
     if _local_path_missing(cfg.source.path):
         raise ConfigError(f"config key 'source.path': input path does not exist: {resolve_path(cfg.source.path)}")
     for i, jar in enumerate(cfg.spark.delta_jars):
