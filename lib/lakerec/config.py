@@ -86,11 +86,19 @@ class SourceConfig:
 @dataclass(frozen=True)
 class FeaturesConfig:
     # An interaction is a positive when its rating is >= this; null: every interaction is positive.
+    # An interaction with an implicit weight of 0 is never a positive.
     positive_threshold: Optional[float] = None
+    # temporal_user: each user's latest interactions are held out; global_time: one time cutoff
+    # for everyone; random_user: a seeded stratified random split per user. Sources without
+    # timestamps always use random_user.
+    split: Literal["temporal_user", "global_time", "random_user"] = "temporal_user"
     test_fraction: float = 0.2
     val_fraction: float = 0.0
+    test_k: Optional[int] = None  # temporal_user: hold out the latest k per user instead of a fraction
+    split_seed: int = 42
     # Users with fewer interactions keep them all in train (nothing to hold out).
     min_user_interactions: int = 5
+    kcore: int = 0  # keep only users and items with >= kcore interactions (0: off)
     training_files: int = 8
 
 
@@ -239,6 +247,8 @@ def _check_semantics(cfg: Config) -> None:
             "test_fraction + val_fraction must be < 1",
         ),
         ("features.training_files", cfg.features.training_files >= 1, "must be >= 1"),
+        ("features.test_k", cfg.features.test_k is None or cfg.features.test_k >= 1, "must be >= 1 or null"),
+        ("features.kcore", cfg.features.kcore >= 0, "must be >= 0"),
         ("train.num_processes", cfg.train.num_processes >= 1, "must be >= 1"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.dim", cfg.train.dim >= 1, "must be >= 1"),

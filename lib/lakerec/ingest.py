@@ -15,7 +15,7 @@ from typing import Optional
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakerec import tables
+from lakerec import quality, tables
 from lakerec.config import Config, InteractionMapping, ItemMapping, SourceConfig, resolve_path
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,13 @@ def run(spark: SparkSession, cfg: Config, ds: str) -> IngestResult:
         result.items_inserted = tables.merge_insert(spark, good_items, cfg, tables.BRONZE_ITEMS, update=True)
         items.unpersist()
     parsed.unpersist()
+    quality.record(spark, cfg, ds, "ingest", {
+        "rows_read": result.rows_read,
+        "interactions_inserted": result.interactions_inserted,
+        "items_inserted": result.items_inserted,
+        "rejects": result.rejects,
+        **{f"rejects_{reason}": count for reason, count in result.rejects_by_reason.items()},
+    })
     log.info(
         "ingest %s: %d rows read, %d new interactions, %d new items, %d rejects %s",
         ds, result.rows_read, result.interactions_inserted, result.items_inserted, result.rejects, result.rejects_by_reason,

@@ -101,6 +101,7 @@ SILVER_INTERACTIONS = Table(
         ("user_idx", IntegerType(), False),
         ("item_idx", IntegerType(), False),
         ("rating", DoubleType(), True),
+        ("weight", DoubleType(), True),
         ("label", FloatType(), False),
         ("ts", LongType(), True),
         ("split", StringType(), False),
@@ -115,6 +116,62 @@ TRAINING_EXAMPLES = Table(
         ("item_idx", IntegerType(), False),
         ("label", FloatType(), False),
     ),
+)
+
+GENRE_VOCABULARY = Table("features", "genre_vocabulary", _ID_MAP_SCHEMA, key=("key",))
+
+ITEM_FEATURES = Table(
+    "features", "item_features",
+    _schema(
+        ("item_idx", IntegerType(), False),
+        ("item_key", StringType(), False),
+        ("popularity", LongType(), False),
+        ("rating_count", LongType(), False),
+        ("mean_rating", DoubleType(), True),
+        ("genres", ArrayType(StringType()), False),
+        ("genre_vector", ArrayType(FloatType()), False),
+        ("year", IntegerType(), True),
+    ),
+    key=("item_idx",),
+)
+
+USER_FEATURES = Table(
+    "features", "user_features",
+    _schema(
+        ("user_idx", IntegerType(), False),
+        ("user_key", StringType(), False),
+        ("n_interactions", LongType(), False),
+        ("n_positives", LongType(), False),
+        ("mean_rating", DoubleType(), True),
+        ("first_ts", LongType(), True),
+        ("last_ts", LongType(), True),
+        ("days_since_last", DoubleType(), True),
+        ("genre_affinity", ArrayType(FloatType()), False),
+    ),
+    key=("user_idx",),
+)
+
+ITEM_TEXT_EMBEDDINGS = Table(
+    "features", "item_text_embeddings",
+    _schema(
+        ("item_key", StringType(), False),
+        ("text_hash", StringType(), False),
+        ("encoder", StringType(), False),
+        ("embedding", ArrayType(FloatType()), False),
+        ("embedded_ds", StringType(), False),
+    ),
+    key=("item_key",),
+)
+
+DATA_QUALITY = Table(
+    "serving", "data_quality",
+    _schema(
+        ("ds", StringType(), False),
+        ("stage", StringType(), False),
+        ("metric", StringType(), False),
+        ("value", DoubleType(), False),
+    ),
+    partition_by=("ds",), key=("ds", "stage", "metric"),
 )
 
 STAGING_RECOMMENDATIONS = Table(
@@ -150,7 +207,8 @@ METRICS = Table(
 
 ALL_TABLES = (
     BRONZE_INTERACTIONS, BRONZE_ITEMS, QUARANTINE_REJECTS, ID_MAP_USERS, ID_MAP_ITEMS,
-    SILVER_INTERACTIONS, TRAINING_EXAMPLES, STAGING_RECOMMENDATIONS, RECOMMENDATIONS, METRICS,
+    SILVER_INTERACTIONS, TRAINING_EXAMPLES, GENRE_VOCABULARY, ITEM_FEATURES, USER_FEATURES, ITEM_TEXT_EMBEDDINGS,
+    DATA_QUALITY, STAGING_RECOMMENDATIONS, RECOMMENDATIONS, METRICS,
 )
 
 
