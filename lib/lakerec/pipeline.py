@@ -1,11 +1,11 @@
-"""The whole nightly run in one process (``make run``): ingest -> features -> train -> score -> evaluate."""
+"""The whole nightly run in one process (``make run``): ingest -> features -> embed -> train -> score -> evaluate."""
 from __future__ import annotations
 
 import logging
 import time
 from typing import Optional, Sequence
 
-from lakerec import evaluate, features, ingest, score, tables, train
+from lakerec import embed, evaluate, features, ingest, quality, score, tables, train
 from lakerec.cli import load, parse_args, setup_logging
 from lakerec.config import Config
 from lakerec.spark import build_spark
@@ -16,8 +16,8 @@ log = logging.getLogger("lakerec.pipeline")
 def run_all(spark, cfg: Config, ds: str) -> dict:
     """Run every stage for ``ds`` in order; returns each stage's result."""
     results = {}
-    for name, stage in (("ingest", ingest.run), ("features", features.run), ("train", train.run),
-                        ("score", score.run), ("evaluate", evaluate.run)):
+    for name, stage in (("ingest", ingest.run), ("features", features.run), ("embed", embed.run),
+                        ("train", train.run), ("score", score.run), ("evaluate", evaluate.run)):
         started = time.time()
         results[name] = stage(spark, cfg, ds)
         log.info("stage %s finished in %.1fs", name, time.time() - started)
@@ -35,9 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"\nlakerec nightly run ds={args.ds} finished in {time.time() - started:.0f}s")
     print(f"ingest: {ing.rows_read} rows read, {ing.interactions_inserted} new, {ing.rejects} quarantined {ing.rejects_by_reason}")
     print(f"model: {results['train']['model_version']} (final loss {results['train']['final_loss']:.4f})")
+    print("\ndata quality:\n" + quality.report(spark, cfg, args.ds))
     print("\n" + evaluate.format_table(results["evaluate"]) + "\n")
     print("outputs:")
-    for table in (tables.RECOMMENDATIONS, tables.METRICS, tables.QUARANTINE_REJECTS):
+    for table in (tables.RECOMMENDATIONS, tables.METRICS, tables.DATA_QUALITY, tables.QUARANTINE_REJECTS,
+                  tables.ITEM_FEATURES, tables.USER_FEATURES, tables.ITEM_TEXT_EMBEDDINGS):
         print(f"  {table.qualified:<28} {table.path(cfg)}")
     print(f"  {'model':<28} {train.latest_model_dir(cfg)}")
     spark.stop()
