@@ -13,11 +13,17 @@ from lakerec.spark import build_spark
 log = logging.getLogger("lakerec.pipeline")
 
 
+# The nightly order; airflow/lakerec_nightly.py runs the same jobs in the same order.
+STAGES = (
+    ("ingest", ingest.run), ("features", features.run), ("embed", embed.run),
+    ("train", train.run), ("score", score.run), ("evaluate", evaluate.run),
+)
+
+
 def run_all(spark, cfg: Config, ds: str) -> dict:
     """Run every stage for ``ds`` in order; returns each stage's result."""
     results = {}
-    for name, stage in (("ingest", ingest.run), ("features", features.run), ("embed", embed.run),
-                        ("train", train.run), ("score", score.run), ("evaluate", evaluate.run)):
+    for name, stage in STAGES:
         started = time.time()
         results[name] = stage(spark, cfg, ds)
         log.info("stage %s finished in %.1fs", name, time.time() - started)

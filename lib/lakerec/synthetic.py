@@ -1,7 +1,7 @@
 """Synthetic interactions in MovieLens-latest layout, for tests and scale benchmarks.
 
 Item popularity follows a power law, user activity is log-normally skewed, ratings come from user
-and item effects plus noise, timestamps increase within a user's history. Written in user chunks,
+and item effects plus noise, timestamps are uniform over 2000-2023. Written in user chunks,
 so 25M rows never sit in memory at once.
 
     python -m lakerec.synthetic --out /tmp/synth --users 162541 --items 59047 --interactions 25000000
@@ -20,6 +20,7 @@ GENRES = (
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )
 WORDS = ("night", "city", "love", "war", "river", "star", "ghost", "king", "road", "summer", "code", "island")
+OVERSAMPLE = 2.5
 START_TS, END_TS = 946_684_800, 1_700_000_000  # 2000-01-01 .. 2023-11
 
 
@@ -56,13 +57,18 @@ def write_movielens(
         for start in tqdm(starts, desc="synthetic users", disable=not progress):
             users = np.arange(start, min(start + chunk_users, n_users))
             counts = per_user[users]
-            user_ids = np.repeat(users, counts)
-            ranks = rng.choice(n_items, size=int(counts.sum()), p=item_p)
+            # Draw with replacement, oversampled so that distinct pairs still reach each user's count.
+            drawn = np.ceil(counts * OVERSAMPLE).astype(np.int64)
+            user_ids = np.repeat(users, drawn)
+            ranks = rng.choice(n_items, size=int(drawn.sum()), p=item_p)
             pairs = np.unique(user_ids.astype(np.int64) * n_items + item_order[ranks])
             u, i = pairs // n_items, pairs % n_items
+            first = np.searchsorted(u, u, side="left")
+            keep = np.arange(len(u)) - first < per_user[u]  # item ids are a random permutation: no bias
+            u, i = u[keep], i[keep]
             raw = user_bias[u] + item_quality[i] + rng.normal(0, 0.8, len(u))
             rating = np.clip(np.round(raw * 2) / 2, 0.5, 5.0)
-            ts = np.sort(rng.integers(START_TS, END_TS, len(u)))
+            ts = rng.integers(START_TS, END_TS, len(u))
             lines = "\n".join(
                 f"{a + 1},{b + 1},{r:.1f},{t}" for a, b, r, t in zip(u.tolist(), i.tolist(), rating.tolist(), ts.tolist())
             )
