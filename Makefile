@@ -25,3 +25,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf warehouse models reports spark-warehouse metastore_db derby.log
+
+# Scorer vs Spark ALS vs a bare torch bound at the MovieLens 25M shape; SCALE=0.1 for a quick run.
+SCALE ?= 1.0
+.PHONY: bench-score
+bench-score: $(STAMP)
+	$(PY) bench/bench_score.py --scale $(SCALE) --record BENCHMARKS.md

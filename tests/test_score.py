@@ -1,7 +1,9 @@
 """Scoring: blocked top-N equals a full sort, seen items masked, reruns idempotent, gate blocks bad output."""
+import dataclasses
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from pyspark.sql import functions as F
@@ -19,7 +21,8 @@ def test_top_n_block_matches_brute_force_sort():
     v[3] = v[4]  # an exact tie, broken by item_idx
     b[3] = b[4]
     seen = [rng.choice(items, size=k, replace=False) for k in (0, 3, 10, 45, 1, 2, 5)]
-    values, top = score.top_n_block(torch.from_numpy(u), torch.from_numpy(v), torch.from_numpy(b), seen, n)
+    lengths, flat = np.array([len(s) for s in seen]), np.concatenate(seen)
+    values, top = score.top_n_block(torch.from_numpy(u), torch.from_numpy(v), torch.from_numpy(b), lengths, flat, n)
     full = u @ v.T + b
     for row in range(users):
         candidates = [i for i in range(items) if i not in set(seen[row])]
@@ -27,6 +30,35 @@ def test_top_n_block_matches_brute_force_sort():
         got = [int(i) for i, s in zip(top[row], values[row]) if s != -np.inf]
         assert got == expected
         assert not set(got) & set(seen[row].tolist())
+
+
+def test_top_n_block_reuses_a_larger_buffer_and_never_returns_seen_items():
+    rng = np.random.default_rng(1)
+    users, items, dim, n = 5, 30, 3, 8
+    u, v, b = (torch.from_numpy(rng.normal(size=s).astype(np.float32)) for s in ((users, dim), (items, dim), (items,)))
+    lengths = np.array([0, 30, 25, 1, 4])  # user 1 has seen everything, user 2 all but 5
+    flat = np.concatenate([rng.permutation(items)[:k] for k in lengths])
+    buffer = torch.full((16, items), 7.0)
+    values, top = score.top_n_block(u, v, b, lengths, flat, n, buffer)
+    fresh_values, fresh_top = score.top_n_block(u, v, b, lengths, flat, n)
+    np.testing.assert_array_equal(top, fresh_top)
+    np.testing.assert_array_equal(values, fresh_values)
+    assert np.isneginf(values[1]).all()
+    assert (~np.isneginf(values[2])).sum() == 5
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for row in range(users):
+        got = set(top[row][~np.isneginf(values[row])].tolist())
+        assert not got & set(flat[offsets[row]:offsets[row + 1]].tolist())
+
+
+def test_seen_lists_read_from_arrow_treat_nulls_as_empty_and_drop_items_unknown_to_the_model():
+    seen = pa.array([[1, 2], None, [], [3, 99, 4], [99]], pa.list_(pa.int32())).slice(0)
+    lengths, items = score._seen_csr(seen, n_items=10)
+    assert lengths.tolist() == [2, 0, 0, 2, 0]
+    assert items.tolist() == [1, 2, 3, 4]
+    lengths, items = score._seen_csr(seen.slice(3), n_items=10)
+    assert lengths.tolist() == [2, 0]
+    assert items.tolist() == [3, 4]
 
 
 def _recs(spark, cfg, ds=PIPELINE_DS):
@@ -96,3 +128,77 @@ def test_publish_gate_passes_a_good_run_for_a_new_ds(spark, pipeline_run):
     summary = score.run(spark, cfg, "2026-01-03")
     assert summary["rows"] == _recs(spark, cfg, "2026-01-03").count() > 0
     assert _recs(spark, cfg).count() > 0  # the earlier ds is untouched
+
+
+def _with_coverage_floor(cfg, ratio):
+    return dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, min_coverage_ratio=ratio))
+
+
+def test_publish_gate_blocks_a_drop_in_catalogue_coverage(spark, pipeline_run, tmp_path):
+    cfg, _ = pipeline_run
+    ds = "2026-01-05"
+    before = sorted(tuple(r) for r in tables.read(spark, cfg, tables.RECOMMENDATIONS).collect())
+    good = latest_model_dir(cfg)
+    same_for_everyone = tmp_path / "same-for-everyone"
+    shutil.copytree(good, same_for_everyone)
+    model = FactorModel.load(good / FACTORS_FILE)
+    model.user_factors[:] = 0  # one global ranking by item bias: few distinct items across users
+    model.item_bias[:] = -np.arange(len(model.item_bias), dtype=np.float32)
+    model.save(same_for_everyone / FACTORS_FILE)
+    strict = _with_coverage_floor(cfg, 1.0)
+
+    with pytest.raises(score.PublishGateError, match="catalogue coverage .* below 100%"):
+        score.run(spark, strict, ds, model_dir=same_for_everyone)
+
+    staged = tables.read(spark, cfg, tables.STAGING_RECOMMENDATIONS)
+    previous = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") < ds)
+    last_ds = previous.agg(F.max("ds")).first()[0]
+    previous_coverage = previous.where(F.col("ds") == last_ds).select("item_key").distinct().count()
+    assert staged.select("item_key").distinct().count() < previous_coverage
+    assert score.gate_failures(spark, _with_coverage_floor(cfg, 0.0), staged, ds) == []  # coverage was the only failure
+    after = sorted(tuple(r) for r in tables.read(spark, cfg, tables.RECOMMENDATIONS).collect())
+    assert after == before
+    assert _recs(spark, cfg, ds).count() == 0
+
+
+def _seen_item_in_first_slot(spark, cfg, recs):
+    """Replace one user's rank-1 item with an item that user has in training."""
+    users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
+    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
+    pair = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where("split = 'train'")
+            .join(users, "user_idx").join(items, "item_idx").join(recs.select("user_key").distinct(), "user_key")
+            .orderBy("user_key", "item_key").select("user_key", "item_key").first())
+    hit = (F.col("user_key") == pair["user_key"]) & (F.col("rank") == 1)
+    return recs.withColumn("item_key", F.when(hit, F.lit(pair["item_key"])).otherwise(F.col("item_key")))
+
+
+def _one_user_short(spark, cfg, recs):
+    user = recs.select(F.min("user_key")).first()[0]
+    return recs.where(~((F.col("user_key") == user) & (F.col("rank") == cfg.score.top_n)))
+
+
+def _one_user_missing(spark, cfg, recs):
+    return recs.where(F.col("user_key") != recs.select(F.min("user_key")).first()[0])
+
+
+def _null_item(spark, cfg, recs):
+    return recs.withColumn("item_key", F.when(F.col("rank") == 2, F.lit(None)).otherwise(F.col("item_key")))
+
+
+def _infinite_score(spark, cfg, recs):
+    return recs.withColumn("score", F.when(F.col("rank") == 3, F.lit(float("inf"))).otherwise(F.col("score")))
+
+
+@pytest.mark.parametrize("defect, message", [
+    (_seen_item_in_first_slot, "1 recommendations are items the user already has in training"),
+    (_one_user_short, "1 users do not have exactly min"),
+    (_one_user_missing, "1 users are missing"),
+    (_null_item, "rows have nulls"),
+    (_infinite_score, "rows have non-finite scores"),
+])
+def test_publish_gate_names_each_defect_of_otherwise_good_output(spark, pipeline_run, defect, message):
+    cfg, _ = pipeline_run
+    good = _recs(spark, cfg)
+    assert score.gate_failures(spark, cfg, good, PIPELINE_DS) == []
+    failures = score.gate_failures(spark, cfg, defect(spark, cfg, good), PIPELINE_DS)
+    assert any(message in f for f in failures), failures

@@ -1,17 +1,20 @@
-"""Nightly scorer: blocked top-N in a pandas UDF -> staging -> publish gate -> serving.recommendations.
+"""Nightly scorer: blocked top-N in an Arrow UDF -> staging -> publish gate -> serving.recommendations.
 
-For a block of users: scores = U_block @ V.T + b (one torch matmul), seen items set to -inf,
-``topk``. Item factors travel once per executor as a broadcast; the tensors are built once per
-Python worker. Memory is bounded by ``score.block_size`` x catalogue, never by the user count.
+For a block of users: scores = U_block @ V.T + b (one torch matmul into a reused buffer), seen items
+set to -inf, ``topk``. Each user's training items arrive as one array column (no row explosion) and
+are read straight from Arrow offsets, so no Python code runs per user. Item factors travel once per
+executor as a broadcast; the tensors and the score buffer are built once per Python worker. Memory
+per worker is ``score.block_size`` x catalogue floats plus the factors, never tied to the user count.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -27,34 +30,59 @@ log = logging.getLogger(__name__)
 MODEL_REASON = "model"
 FALLBACK_REASON = "popularity_fallback"
 SCORED_SCHEMA = "user_idx int, rank int, item_idx int, score float"
-
-# Per Python worker: model tensors built from the broadcast once, reused by every batch.
-_WORKER_MODELS: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_SCORED_ARROW = pa.schema([("user_idx", pa.int32()), ("rank", pa.int32()), ("item_idx", pa.int32()), ("score", pa.float32())])
 
 
 class PublishGateError(RuntimeError):
     """The staged recommendations failed a check; serving keeps the previous output."""
 
 
+class _WorkerModel:
+    """Model tensors and the score buffer of one Python worker, built once and reused by every batch."""
+
+    key: str | None = None
+    user_factors: torch.Tensor
+    item_factors: torch.Tensor
+    item_bias: torch.Tensor
+    buffer: torch.Tensor
+
+    @classmethod
+    def get(cls, key: str, broadcast, block_size: int) -> type["_WorkerModel"]:
+        """The worker's tensors for ``key``, unpickling the broadcast only the first time."""
+        if cls.key != key:
+            model: FactorModel = broadcast.value
+            cls.user_factors = torch.from_numpy(np.ascontiguousarray(model.user_factors, dtype=np.float32))
+            cls.item_factors = torch.from_numpy(np.ascontiguousarray(model.item_factors, dtype=np.float32))
+            cls.item_bias = torch.from_numpy(np.ascontiguousarray(model.item_bias, dtype=np.float32))
+            cls.buffer = torch.empty(0)
+            cls.key = key
+        if cls.buffer.shape != (block_size, cls.item_factors.shape[0]):
+            cls.buffer = torch.empty(block_size, cls.item_factors.shape[0])
+        return cls
+
+
 def top_n_block(
     user_factors: torch.Tensor,
     item_factors: torch.Tensor,
     item_bias: torch.Tensor,
-    seen: Sequence[np.ndarray],
+    seen_lengths: np.ndarray,
+    seen_items: np.ndarray,
     n: int,
+    out: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``n`` unseen items for one block of users: (scores, item_idx), each (block, k).
 
+    ``seen_items`` holds every user's training items back to back, ``seen_lengths[u]`` of them for
+    user ``u`` (the Arrow list layout). ``out`` is an optional (>= block, items) buffer to score into.
     Order is score descending, then item_idx ascending, so ties are broken deterministically.
     Slots past a user's unseen items hold ``-inf`` scores and must be dropped by the caller.
     """
-    scores = user_factors @ item_factors.T + item_bias
-    lengths = [len(s) for s in seen]
-    if sum(lengths):
-        rows = torch.from_numpy(np.repeat(np.arange(len(seen)), lengths))
-        cols = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in seen]))
-        scores[rows, cols] = float("-inf")
-    k = min(n, scores.shape[1])
+    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
+    scores = torch.addmm(item_bias, user_factors, item_factors.T, out=None if out is None else out[:n_users])
+    if len(seen_items):
+        flat = np.repeat(np.arange(n_users, dtype=np.int64) * n_items, seen_lengths) + seen_items
+        scores.view(-1)[torch.from_numpy(flat)] = float("-inf")
+    k = min(n, n_items)
     values, items = torch.topk(scores, k, dim=1)
     items, by_item = torch.sort(items, dim=1)
     values = torch.gather(values, 1, by_item)
@@ -63,43 +91,59 @@ def top_n_block(
     return values.numpy(), items.numpy()
 
 
-def _worker_model(key: str, broadcast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if key not in _WORKER_MODELS:
-        model: FactorModel = broadcast.value
-        _WORKER_MODELS.clear()
-        _WORKER_MODELS[key] = (
-            torch.from_numpy(np.ascontiguousarray(model.user_factors, dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(model.item_factors, dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(model.item_bias, dtype=np.float32)),
-        )
-    return _WORKER_MODELS[key]
+def _seen_csr(seen: pa.Array, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, items) of an Arrow list column, nulls as empty lists, items unknown to the model dropped."""
+    lengths = pc.fill_null(pc.list_value_length(seen), 0).to_numpy().astype(np.int64)
+    items = seen.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    known = items < n_items  # items added after training are not in the model
+    if not known.all():
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        lengths = np.bincount(rows[known], minlength=len(lengths))
+        items = items[known]
+    return lengths, items
+
+
+def _block_rows(user_idx: np.ndarray, values: np.ndarray, items: np.ndarray) -> pa.RecordBatch:
+    """Top-N rows of one block; ``-inf`` marks masked slots, NaN stays for the gate to catch."""
+    keep = ~np.isneginf(values)
+    if keep.all():
+        per_user = np.full(len(user_idx), values.shape[1])
+        ranks = np.tile(np.arange(1, values.shape[1] + 1, dtype=np.int32), len(user_idx))
+    else:
+        per_user = keep.sum(axis=1)
+        ranks = np.cumsum(keep, axis=1, dtype=np.int32)[keep]
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.repeat(user_idx.astype(np.int32), per_user)),
+            pa.array(ranks),
+            pa.array(items[keep].astype(np.int32)),
+            pa.array(values[keep].astype(np.float32, copy=False)),
+        ],
+        schema=_SCORED_ARROW,
+    )
 
 
 def score_users(users: DataFrame, model: FactorModel, model_key: str, n: int, block_size: int, threads: int) -> DataFrame:
     """``users`` (user_idx int, seen array<int>) -> (user_idx, rank, item_idx, score) top-N rows."""
     broadcast = users.sparkSession.sparkContext.broadcast(model)
 
-    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         torch.set_num_threads(threads)
-        user_f, item_f, bias = _worker_model(model_key, broadcast)
-        n_items = item_f.shape[0]
-        for pdf in batches:
-            for start in range(0, len(pdf), block_size):
-                block = pdf.iloc[start : start + block_size]
-                user_idx = block["user_idx"].to_numpy(np.int64)
-                seen = [np.asarray(s if s is not None else [], dtype=np.int64) for s in block["seen"]]
-                seen = [s[s < n_items] for s in seen]  # items added after training are not in the model
-                values, items = top_n_block(user_f[torch.from_numpy(user_idx)], item_f, bias, seen, n)
-                keep = ~np.isneginf(values)  # -inf marks masked slots; NaN stays for the gate to catch
-                ranks = np.cumsum(keep, axis=1)
-                yield pd.DataFrame({
-                    "user_idx": np.repeat(user_idx, keep.sum(axis=1)).astype(np.int32),
-                    "rank": ranks[keep].astype(np.int32),
-                    "item_idx": items[keep].astype(np.int32),
-                    "score": values[keep].astype(np.float32),
-                })
+        worker = _WorkerModel.get(model_key, broadcast, block_size)
+        n_items = worker.item_factors.shape[0]
+        for batch in batches:
+            user_idx = batch.column("user_idx").to_numpy().astype(np.int64)
+            lengths, seen = _seen_csr(batch.column("seen"), n_items)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            for start in range(0, len(user_idx), block_size):
+                stop = min(start + block_size, len(user_idx))
+                values, items = top_n_block(
+                    worker.user_factors[torch.from_numpy(user_idx[start:stop])], worker.item_factors,
+                    worker.item_bias, lengths[start:stop], seen[offsets[start] : offsets[stop]], n, worker.buffer,
+                )
+                yield _block_rows(user_idx[start:stop], values, items)
 
-    return users.select("user_idx", "seen").mapInPandas(score_partition, SCORED_SCHEMA)
+    return users.select("user_idx", "seen").mapInArrow(score_partition, SCORED_SCHEMA)
 
 
 def seen_items(silver: DataFrame) -> DataFrame:
