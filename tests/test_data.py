@@ -1,19 +1,32 @@
-"""Petastorm data path: disjoint, complete shards and no short epochs (the 0.13.1 race)."""
+"""Petastorm data path: disjoint, complete shards, no short epochs (the 0.13.1 race), both file sources."""
+from collections import Counter
+from pathlib import Path
+
 import pytest
+import torch
 
 from conftest import make_config
-from lakerec import features, ingest, tables
-from lakerec.data import active_files, count_rows, iterate_batches
+from lakerec import features, ingest, tables, train
+from lakerec.data import ZeroCopyBatchBuffer, active_files, count_rows, iterate_batches, spark_converter
+
+COLUMNS = ["user_idx", "item_idx", "label"]
 
 
 @pytest.fixture(scope="module")
-def examples(spark, tiny_source, tmp_path_factory):
-    cfg = make_config(tmp_path_factory.mktemp("data"), tiny_source, "features.training_files=6")
+def example_cfg(spark, tiny_source, tmp_path_factory):
+    """A warehouse with features.training_examples written by the features job in 6 files."""
+    root = tmp_path_factory.mktemp("data")
+    cfg = make_config(root, tiny_source, "features.training_files=6", f"train.petastorm_cache_dir={root}/cache")
     ingest.run(spark, cfg, "2026-01-01")
     features.run(spark, cfg, "2026-01-01")
-    version = tables.version(spark, cfg, tables.TRAINING_EXAMPLES)
-    files = active_files(spark, tables.TRAINING_EXAMPLES.path(cfg), version)
-    rows = {(r["user_idx"], r["item_idx"]) for r in tables.read(spark, cfg, tables.TRAINING_EXAMPLES).collect()}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def examples(spark, example_cfg):
+    version = tables.version(spark, example_cfg, tables.TRAINING_EXAMPLES)
+    files = active_files(spark, tables.TRAINING_EXAMPLES.path(example_cfg), version)
+    rows = {(r["user_idx"], r["item_idx"]) for r in tables.read(spark, example_cfg, tables.TRAINING_EXAMPLES).collect()}
     return files, rows
 
 
@@ -24,9 +37,27 @@ def _read(files, **kwargs) -> list[tuple[int, int]]:
     return pairs
 
 
+def _all_rows(files) -> Counter:
+    rows = Counter()
+    for batch in iterate_batches(files, 100, COLUMNS, workers=1):
+        rows.update(zip(*(batch[c].tolist() for c in COLUMNS)))
+    return rows
+
+
 def test_active_files_match_the_table(examples):
     files, rows = examples
     assert count_rows(files) == len(rows)
+
+
+def test_active_files_leave_out_files_an_overwrite_removed(spark, tmp_path):
+    """The folder keeps the files of older versions; only the log says which are live."""
+    path = str(tmp_path / "table")
+    spark.range(100).repartition(3).write.format("delta").save(path)
+    spark.range(10).repartition(2).write.format("delta").mode("overwrite").save(path)
+    assert len(list(Path(path).glob("*.parquet"))) == 5
+    assert count_rows(active_files(spark, path, 0)) == 100
+    assert count_rows(active_files(spark, path, 1)) == 10
+    assert set(active_files(spark, path, 0)).isdisjoint(active_files(spark, path, 1))
 
 
 @pytest.mark.parametrize("epoch", [0, 1])
@@ -51,3 +82,41 @@ def test_epochs_reshuffle_row_group_order(examples):
     files, _ = examples
     orders = {tuple(_read(files, epoch=e, workers=1)[:5]) for e in range(6)}
     assert len(orders) > 1
+
+
+def test_spark_converter_yields_the_same_rows_as_the_delta_log_files(spark, example_cfg, examples, tmp_path):
+    files, _ = examples
+    version = tables.version(spark, example_cfg, tables.TRAINING_EXAMPLES)
+    converter = spark_converter(spark, tables.TRAINING_EXAMPLES.path(example_cfg), version, COLUMNS, str(tmp_path))
+    try:
+        assert all(f.startswith(f"file://{tmp_path}") for f in converter.file_urls)
+        assert set(converter.file_urls).isdisjoint(files)
+        from_log = _all_rows(files)
+        assert sum(from_log.values()) == count_rows(files)
+        assert _all_rows(converter.file_urls) == from_log
+    finally:
+        converter.delete()
+
+
+def test_train_job_pins_converter_files_with_data_path_spark_converter(spark, example_cfg, examples):
+    files, rows = examples
+    cfg = make_config(Path(example_cfg.warehouse).parent, Path(example_cfg.source.path),
+                      "train.data_path=spark_converter", f"train.petastorm_cache_dir={example_cfg.train.petastorm_cache_dir}")
+    inputs = train.prepare(spark, cfg, "2026-01-01")
+    assert all(f.startswith("file://" + cfg.train.petastorm_cache_dir) for f in inputs.files)
+    assert inputs.total_rows == len(rows)
+    assert _all_rows(inputs.files) == _all_rows(files)
+
+
+def test_batches_are_views_of_row_groups_except_across_boundaries():
+    buffer = ZeroCopyBatchBuffer(batch_size=4)
+    first, second = torch.arange(6), torch.arange(6, 9)
+    buffer.add_many([first])
+    buffer.add_many([second])
+    buffer.finish()
+    batches = []
+    while buffer.can_retrieve():
+        batches.append(buffer.retrieve()[0])
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert batches[0].data_ptr() == first.data_ptr()
+    assert buffer.size == 0

@@ -122,7 +122,8 @@ class TrainConfig:
     l2: float = 1e-5
     seed: int = 42
     num_processes: int = 2
-    launcher: Literal["torch_distributor", "torchrun"] = "torch_distributor"
+    # none: the train job only writes models/<version>/inputs.json; run torchrun yourself.
+    launcher: Literal["torch_distributor", "torchrun", "none"] = "torch_distributor"
     reader_workers: int = 2
     shuffle_buffer: int = 0
     # Continue from the newest checkpoint of the same inputs (models/<version>/checkpoints/) if any.

@@ -1,22 +1,28 @@
 """Training data through Petastorm: a pinned Delta version's active files, sharded per DDP rank.
 
 The trainer never lists a Delta folder itself (removed files would come back): the driver resolves
-the active parquet files of one table version and hands that list to every rank.
+the parquet files of one table version and hands that list to every rank. Two ways to get the list:
+``active_files`` (the files of the version, from the Delta log) or ``spark_converter`` (Petastorm's
+make_spark_converter materialises the version into its cache). Workers read either list the same way.
 """
 from __future__ import annotations
 
 import logging
 import warnings
+from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
 import pyarrow.parquet as pq
 import torch
 from petastorm import make_batch_reader
+from petastorm import pytorch as petastorm_pytorch
 from petastorm import reader as petastorm_reader
 from petastorm.pytorch import BatchedDataLoader
+from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedShufflingBufferBase
 from petastorm.workers_pool.thread_pool import ThreadPool
 
-if TYPE_CHECKING:  # GPU trainer nodes have no Spark: only the driver-side helper needs it
+if TYPE_CHECKING:  # GPU trainer nodes have no Spark: only the driver-side helpers need it
+    from petastorm.spark import SparkDatasetConverter
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
@@ -35,12 +41,65 @@ class EndOfDataSafeThreadPool(ThreadPool):
         return ventilation_over and super().all_workers_done()
 
 
+class ZeroCopyBatchBuffer(BatchedShufflingBufferBase):
+    """Petastorm's no-shuffle batch buffer without its copy of every row group.
+
+    petastorm 0.13.1's ``BatchedNoopShufflingBuffer`` concatenates each incoming row group onto the
+    previous leftover, copying all data once more. This buffer keeps the row groups as they come and
+    hands out views; only a batch that spans two row groups is concatenated.
+    """
+
+    def __init__(self, batch_size: int = 1) -> None:
+        super().__init__(batch_size=batch_size)
+        self._chunks: deque[list[torch.Tensor]] = deque()
+        self._offset = 0
+        self._size = 0
+        self._done_adding = False
+
+    def _add_many(self, items: list[torch.Tensor]) -> None:
+        if len(items[0]):
+            self._chunks.append(items)
+            self._size += len(items[0])
+
+    def retrieve(self) -> list[torch.Tensor]:
+        wanted = min(self._size, self.batch_size)
+        parts = []
+        while wanted:
+            chunk = self._chunks[0]
+            take = min(len(chunk[0]) - self._offset, wanted)
+            parts.append([column[self._offset : self._offset + take] for column in chunk])
+            self._offset += take
+            wanted -= take
+            self._size -= take
+            if self._offset == len(chunk[0]):
+                self._chunks.popleft()
+                self._offset = 0
+        return parts[0] if len(parts) == 1 else [torch.cat(columns) for columns in zip(*parts)]
+
+    def can_retrieve(self) -> bool:
+        return self._size > 0 if self._done_adding else self._size >= self.batch_size
+
+    def can_add(self) -> bool:
+        return True
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def finish(self) -> None:
+        self._done_adding = True
+
+
 # petastorm 0.13.1 on pyarrow 14 warns about its own deprecated pyarrow calls on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
+# Row groups arrive as read-only numpy arrays; batches are views that the trainer only reads.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
-# make_batch_reader builds its pool from this module-level name; point it at the fixed class.
+# make_batch_reader builds its pool, and BatchedDataLoader its no-shuffle buffer, from these
+# module-level names; point them at the fixed classes.
 petastorm_reader.ThreadPool = EndOfDataSafeThreadPool
+petastorm_pytorch.BatchedNoopShufflingBuffer = ZeroCopyBatchBuffer
 
 
 class ShortEpochError(RuntimeError):
@@ -51,6 +110,21 @@ def active_files(spark: SparkSession, path: str, version: int) -> list[str]:
     """The parquet files that make up Delta table ``path`` at ``version`` (from its log, via Spark)."""
     files = spark.read.format("delta").option("versionAsOf", version).load(path).inputFiles()
     return sorted(files)
+
+
+def spark_converter(
+    spark: SparkSession, path: str, version: int, columns: list[str], cache_dir: str
+) -> SparkDatasetConverter:
+    """Petastorm's converter over Delta table ``path`` at ``version``: parquet files under ``cache_dir``.
+
+    The converter caches by query plan, so the same pinned version is materialised once per Spark
+    application; ``converter.file_urls`` is a file list that ``iterate_batches`` reads.
+    """
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, _as_url(cache_dir))
+    df = spark.read.format("delta").option("versionAsOf", version).load(path).select(*columns)
+    return make_spark_converter(df)
 
 
 def count_rows(files: list[str]) -> int:

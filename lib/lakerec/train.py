@@ -1,13 +1,18 @@
 """Distributed trainer: Petastorm shards of features.training_examples -> torch DDP -> models/<version>/.
 
-The driver (``run``) pins the table version, writes ``inputs.json`` with the active file list and
-launches the workers; each worker (``train_worker``) needs torch, pyarrow and petastorm only.
+The driver (``run``) pins the table version, writes ``inputs.json`` with the parquet files of that
+version and launches the workers; each worker (``train_worker``) needs torch, pyarrow and petastorm
+only (no JVM, no Spark), reads its shard every epoch, and rank 0 writes a checkpoint after every
+epoch. A restarted run resumes from the newest checkpoint of the same inputs.
 
-Launch, one node, 2 CPU processes (what ``jobs/train.py`` does with launcher=torchrun):
-    torchrun --nproc_per_node=2 -m lakerec.train --inputs models/<model_version>/inputs.json
-Several nodes (same inputs.json on shared storage, run on every node):
-    torchrun --nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=8 \
-        --rdzv_backend=c10d --rdzv_endpoint=$HOST:29500 -m lakerec.train --inputs .../inputs.json
+The train job (``jobs/train.py``) prepares and launches with ``train.launcher`` (torch_distributor or
+torchrun). With ``--set train.launcher=none`` it only writes ``inputs.json``; then launch yourself.
+One node, 2 CPU processes (gloo) or one process per GPU (nccl, bf16 autocast):
+    torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/<model_version>/inputs.json
+Several nodes (inputs.json and the model dir on storage every node sees; run on every node):
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=lakerec-$DS --rdzv_backend=c10d \
+        --rdzv_endpoint=$HEAD_NODE:29500 -m lakerec.train --inputs /shared/models/<model_version>/inputs.json
+Single process (debugging): python -m lakerec.train --inputs models/<model_version>/inputs.json
 """
 from __future__ import annotations
 
@@ -16,13 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -42,6 +48,11 @@ FACTORS_FILE = "factors.npz"
 INPUTS_FILE = "inputs.json"
 META_FILE = "meta.json"
 LATEST_FILE = "LATEST"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINTS_KEPT = 2
+TRAIN_COLUMNS = ["user_idx", "item_idx"]
+# Config keys that may change between a run and its resumption without invalidating checkpoints.
+_RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes"}
 
 
 @dataclass
@@ -65,6 +76,12 @@ class TrainInputs:
     def load(cls, path: str | Path) -> "TrainInputs":
         return cls(**json.loads(Path(path).read_text()))
 
+    def fingerprint(self, world_size: int) -> str:
+        """What a checkpoint must match to be resumed: data, sizes, training config and world size."""
+        train = {k: v for k, v in self.train.items() if k not in _RESUMABLE_KEYS}
+        pinned = [self.files, self.table_version, self.total_rows, self.n_users, self.n_items, train, world_size]
+        return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
+
 
 def _weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
@@ -74,43 +91,136 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def checkpoint_paths(model_dir: str | Path) -> list[Path]:
+    """The model's epoch checkpoints, oldest first."""
+    return sorted((Path(model_dir) / CHECKPOINT_DIR).glob("epoch-*.pt"))
+
+
+def _save_checkpoint(model_dir: Path, epoch: int, state: dict[str, Any]) -> Path:
+    folder = model_dir / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"epoch-{epoch:04d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    for old in checkpoint_paths(model_dir)[:-CHECKPOINTS_KEPT]:
+        old.unlink()
+    return path
+
+
+def _load_checkpoint(model_dir: Path, fingerprint: str, device: torch.device) -> Optional[dict[str, Any]]:
+    paths = checkpoint_paths(model_dir)
+    if not paths:
+        return None
+    state = torch.load(paths[-1], map_location=device)
+    if state["fingerprint"] != fingerprint:
+        log.warning("ignoring %s: it was trained on other inputs, config or world size", paths[-1])
+        return None
+    return state
+
+
+def _autocast(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on GPU; full precision on CPU (where bf16 is slower and changes the results)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _gather(value: Any, distributed: bool, world_size: int) -> list[Any]:
+    if not distributed:
+        return [value]
+    values: list[Any] = [None] * world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _in_lockstep(
+    batches: Iterator[dict[str, torch.Tensor]], distributed: bool, device: torch.device
+) -> Iterator[Optional[dict[str, torch.Tensor]]]:
+    """This rank's batches, then ``None`` until every rank's shard is done.
+
+    Shards differ in size by whole row groups. DDP's join() would let a finished rank skip its
+    optimizer steps, so Adam's moments would differ between ranks (and from a resumed run); here
+    every rank steps every time, a finished one with a zero gradient.
+    """
+    while True:
+        batch = next(batches, None)
+        if not distributed:
+            if batch is None:
+                return
+            yield batch
+            continue
+        busy = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(busy)
+        if not busy.item():
+            return
+        yield batch
+
+
 def train_worker(inputs_path: str) -> None:
-    """One DDP rank: read this rank's Petastorm shard each epoch, train, rank 0 saves the model."""
+    """One DDP rank: resume or start, train on this rank's Petastorm shard each epoch, rank 0 writes."""
     inputs = TrainInputs.load(inputs_path)
     tc = TrainConfig(**inputs.train)
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    use_cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     distributed = world_size > 1
+    if torch.cuda.is_available():
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        # Ranks on one node share its cores; more threads per rank only contend.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     if distributed:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("petastorm").setLevel(logging.WARNING)
+    model_dir = Path(inputs.model_dir)
+    fingerprint = inputs.fingerprint(world_size)
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = MatrixFactorization(inputs.n_users, inputs.n_items, tc.dim).to(device)
-    ddp = DistributedDataParallel(model) if distributed else model
-    optimizer = torch.optim.Adam(ddp.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     negatives = torch.Generator().manual_seed(tc.seed * 1009 + rank)
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 0, {"loss": float("inf"), "epoch": -1}
 
-    history = []
+    state = _load_checkpoint(model_dir, fingerprint, device) if tc.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        negatives.set_state(state["negatives"][rank])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        if rank == 0:
+            log.info("resuming %s after epoch %d", inputs.model_version, state["epoch"])
+    if distributed:
+        dist.barrier()  # every rank has read the checkpoint before rank 0 clears stale ones
+    if state is None and rank == 0:
+        shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
+    ddp = DistributedDataParallel(model) if distributed else model
+
     started = time.time()
-    for epoch in tqdm(range(tc.epochs), desc="train", disable=rank != 0):
+    progress = tqdm(range(start_epoch, tc.epochs), desc="train", initial=start_epoch, total=tc.epochs,
+                    disable=rank != 0)
+    for epoch in progress:
         rows, loss_sum = 0, 0.0
-        # join() lets ranks with fewer batches shadow the others' all-reduces (uneven shards).
-        with ddp.join() if distributed else nullcontext():
-            for batch in iterate_batches(
-                inputs.files, tc.batch_size, ["user_idx", "item_idx"], rank, world_size,
-                epoch=epoch, seed=tc.seed, workers=tc.reader_workers, shuffle_buffer=tc.shuffle_buffer,
-            ):
+        batches = iterate_batches(
+            inputs.files, tc.batch_size, TRAIN_COLUMNS, rank, world_size,
+            epoch=epoch, seed=tc.seed, workers=tc.reader_workers, shuffle_buffer=tc.shuffle_buffer,
+        )
+        for batch in _in_lockstep(batches, distributed, device):
+            if batch is None:  # this rank's shard is done: contribute a zero gradient
+                users = pos = neg = torch.zeros(1, dtype=torch.long, device=device)
+            else:
                 users = batch["user_idx"].long().to(device)
                 pos = batch["item_idx"].long().to(device)
                 neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
+            with _autocast(device):
                 loss = bpr_loss(ddp, users, pos, neg, tc.l2)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            (loss if batch is not None else loss * 0.0).backward()
+            optimizer.step()
+            if batch is not None:
                 rows += len(users)
                 loss_sum += loss.item() * len(users)
         totals = torch.tensor([rows, loss_sum], dtype=torch.float64, device=device)
@@ -121,15 +231,23 @@ def train_worker(inputs_path: str) -> None:
                 f"epoch {epoch}: ranks read {int(totals[0])} rows, table version {inputs.table_version} "
                 f"has {inputs.total_rows}"
             )
-        history.append({"epoch": epoch, "loss": float(totals[1] / totals[0]), "rows": int(totals[0]), "rank_rows": rows})
+        loss_epoch = float(totals[1] / totals[0])
+        # Every rank's sampler state and row count, so a resumed run continues each rank exactly.
+        per_rank = _gather({"negatives": negatives.get_state(), "rows": rows}, distributed, world_size)
+        history.append({"epoch": epoch, "loss": loss_epoch, "rows": int(totals[0]),
+                        "rank_rows": [r["rows"] for r in per_rank]})
+        if loss_epoch < best["loss"]:
+            best = {"loss": loss_epoch, "epoch": epoch}
         if rank == 0:
-            log.info("epoch %d: loss %.4f over %d rows", epoch, history[-1]["loss"], int(totals[0]))
+            path = _save_checkpoint(model_dir, epoch, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "negatives": [r["negatives"] for r in per_rank], "history": history, "best": best,
+                "train": inputs.train, "table_version": inputs.table_version, "fingerprint": fingerprint,
+            })
+            progress.set_postfix(loss=f"{loss_epoch:.4f}")
+            log.info("epoch %d: loss %.4f over %d rows, checkpoint %s", epoch, loss_epoch, int(totals[0]), path.name)
 
-    model_dir = Path(inputs.model_dir)
-    rank_dir = model_dir / "ranks"
-    rank_dir.mkdir(parents=True, exist_ok=True)
-    digest = _weights_digest(model)
-    (rank_dir / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "weights_sha256": digest, "history": history}))
+    digests = _gather(_weights_digest(model), distributed, world_size)
     if rank == 0:
         FactorModel.from_mf(model).save(model_dir / FACTORS_FILE)
         torch.save({"state_dict": model.state_dict(), "n_users": inputs.n_users, "n_items": inputs.n_items,
@@ -143,10 +261,14 @@ def train_worker(inputs_path: str) -> None:
             "train": inputs.train,
             "history": history,
             "final_loss": history[-1]["loss"],
+            "best": best,
+            "resumed_from_epoch": start_epoch if state is not None else None,
             "train_seconds": round(time.time() - started, 2),
-            "weights_sha256": digest,
+            "weights_sha256": digests[0],
+            "rank_weights_sha256": digests,
         }
         (model_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+        _publish_latest(model_dir)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -155,14 +277,20 @@ def train_worker(inputs_path: str) -> None:
 def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
     """Pin the input table versions and write ``inputs.json`` for the workers."""
     from lakerec import tables
-    from lakerec.data import active_files
+    from lakerec.data import active_files, spark_converter
 
     versions = {
         t.qualified: tables.version(spark, cfg, t)
         for t in (tables.TRAINING_EXAMPLES, tables.ID_MAP_USERS, tables.ID_MAP_ITEMS, tables.SILVER_INTERACTIONS)
     }
     table_version = versions[tables.TRAINING_EXAMPLES.qualified]
-    files = active_files(spark, tables.TRAINING_EXAMPLES.path(cfg), table_version)
+    path = tables.TRAINING_EXAMPLES.path(cfg)
+    if cfg.train.data_path == "spark_converter":
+        columns = [f.name for f in tables.TRAINING_EXAMPLES.schema.fields]
+        converter = spark_converter(spark, path, table_version, columns, resolve_path(cfg.train.petastorm_cache_dir))
+        files = sorted(converter.file_urls)
+    else:
+        files = active_files(spark, path, table_version)
     n_users = tables.read(spark, cfg, tables.ID_MAP_USERS, versions[tables.ID_MAP_USERS.qualified]).count()
     n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS, versions[tables.ID_MAP_ITEMS.qualified]).count()
     model_version = f"mf-{ds}-t{table_version}"
@@ -184,7 +312,7 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
 
 
 def launch(cfg: Config, inputs_path: Path) -> None:
-    """Run ``train_worker`` on ``train.num_processes`` ranks with the configured launcher."""
+    """Run ``train_worker`` on ``train.num_processes`` ranks of this node with the configured launcher."""
     n = cfg.train.num_processes
     if cfg.train.launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
@@ -207,6 +335,7 @@ def latest_model_dir(cfg: Config) -> Path:
 
 
 def _publish_latest(model_dir: Path) -> None:
+    """Point ``models/LATEST`` at ``model_dir`` (rank 0, after meta.json is written)."""
     pointer = model_dir.parent / LATEST_FILE
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(model_dir.name)
@@ -214,15 +343,20 @@ def _publish_latest(model_dir: Path) -> None:
 
 
 def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
-    """Train on the current feature tables; returns the model's meta.json contents."""
+    """Train on the current feature tables; returns the model's meta.json contents.
+
+    With ``train.launcher=none`` only ``inputs.json`` is written: returns its path and model_version.
+    """
     inputs = prepare(spark, cfg, ds)
     model_dir = Path(inputs.model_dir)
+    if cfg.train.launcher == "none":
+        log.info("wrote %s: launch torchrun -m lakerec.train --inputs with it", model_dir / INPUTS_FILE)
+        return {"model_version": inputs.model_version, "inputs": str(model_dir / INPUTS_FILE)}
     (model_dir / META_FILE).unlink(missing_ok=True)
     launch(cfg, model_dir / INPUTS_FILE)
     meta_path = model_dir / META_FILE
     if not meta_path.is_file():  # the launcher returns whichever rank ended last: check rank 0's output
         raise RuntimeError(f"training finished without rank 0 writing {meta_path}")
-    _publish_latest(model_dir)
     meta = json.loads(meta_path.read_text())
     log.info("trained %s in %.1fs, final loss %.4f", meta["model_version"], meta["train_seconds"], meta["final_loss"])
     return meta

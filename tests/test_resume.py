@@ -1,0 +1,166 @@
+"""Checkpoints and resume, the torchrun launcher, and reproducible weights, on CPU (gloo).
+
+The workers need no Spark: these tests write training examples as parquet with pyarrow and hand
+the workers an ``inputs.json`` the way the driver would.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lakerec.config import TrainConfig, load_config
+from lakerec.data import count_rows
+from lakerec.train import INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, launch, train_worker
+
+N_USERS, N_ITEMS = 3000, 800
+EPOCHS = 4
+# Small batches make an epoch last a few seconds on 2 cores, so a kill lands inside one.
+TRAIN = {"dim": 16, "epochs": EPOCHS, "batch_size": 64, "reader_workers": 1, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def example_files(tmp_path_factory) -> list[str]:
+    """Four parquet files of (user_idx, item_idx, label) with several row groups each."""
+    folder = tmp_path_factory.mktemp("examples")
+    rng = np.random.default_rng(11)
+    files = []
+    for part in range(4):
+        n = 12_000 + 500 * part  # uneven files: ranks get uneven shards
+        users = np.sort(rng.integers(0, N_USERS, n)).astype(np.int32)
+        items = rng.integers(0, N_ITEMS, n).astype(np.int32)
+        table = pa.table({"user_idx": users, "item_idx": items, "label": np.ones(n, np.float32)})
+        path = folder / f"part-{part:05d}.parquet"
+        pq.write_table(table, path, row_group_size=4_000)
+        files.append(str(path))
+    return files
+
+
+def write_inputs(model_dir: Path, files: list[str], **train) -> Path:
+    """An inputs.json as the driver writes it, for a model trained under ``model_dir``."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    inputs = TrainInputs(
+        model_version=model_dir.name,
+        model_dir=str(model_dir),
+        files=files,
+        table_version=3,
+        total_rows=count_rows(files),
+        n_users=N_USERS,
+        n_items=N_ITEMS,
+        input_versions={"features.training_examples": 3},
+        train=asdict(TrainConfig(**{**TRAIN, **train})),
+    )
+    inputs.save(model_dir / INPUTS_FILE)
+    return model_dir / INPUTS_FILE
+
+
+def torchrun(inputs_path: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "lakerec.train", "--inputs", str(inputs_path)]
+
+
+def meta(model_dir: Path) -> dict:
+    return json.loads((model_dir / META_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_run(example_files, tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run started through ``launch`` with launcher=torchrun."""
+    root = tmp_path_factory.mktemp("reference")
+    cfg = load_config("local", overrides=[f"models_dir={root}", "train.launcher=torchrun", "train.num_processes=2"])
+    inputs_path = write_inputs(root / "mf-reference", example_files)
+    launch(cfg, inputs_path)
+    return root / "mf-reference"
+
+
+def test_torchrun_launcher_trains_two_gloo_ranks_on_disjoint_complete_shards(reference_run, example_files):
+    m = meta(reference_run)
+    total = count_rows(example_files)
+    assert m["world_size"] == 2 and m["device"] == "cpu"
+    assert m["rank_weights_sha256"][0] == m["rank_weights_sha256"][1]
+    for epoch in m["history"]:
+        assert all(n > 0 for n in epoch["rank_rows"])
+        assert sum(epoch["rank_rows"]) == epoch["rows"] == total
+    assert m["history"][-1]["loss"] < m["history"][0]["loss"]
+    assert m["resumed_from_epoch"] is None
+    assert (reference_run.parent / "LATEST").read_text() == reference_run.name
+
+
+def test_a_checkpoint_per_epoch_holds_what_resume_needs(reference_run):
+    import torch
+
+    paths = checkpoint_paths(reference_run)
+    assert [p.name for p in paths] == [f"epoch-{e:04d}.pt" for e in (EPOCHS - 2, EPOCHS - 1)]
+    state = torch.load(paths[-1])
+    assert state["epoch"] == EPOCHS - 1
+    assert {"model", "optimizer", "negatives", "history", "best", "train", "table_version"} <= set(state)
+    assert len(state["negatives"]) == 2  # one sampler state per rank
+    assert state["best"]["loss"] == min(h["loss"] for h in state["history"])
+    assert state["train"]["seed"] == TRAIN["seed"]
+
+
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(reference_run, example_files, tmp_path):
+    """SIGKILL torchrun and its workers after the first checkpoint, rerun: same weights and losses.
+
+    Tolerance: none. On CPU with one reader thread per rank the batch order, the negative samples
+    and gloo's reductions are deterministic, so resumed weights are bit-identical.
+    """
+    model_dir = tmp_path / "mf-killed"
+    inputs_path = write_inputs(model_dir, example_files)
+    proc = subprocess.Popen(torchrun(inputs_path), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint_paths(model_dir) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be killed: make epochs longer"
+        time.sleep(0.2)  # into the next epoch
+    finally:
+        # torchrun starts each worker in a session of its own: kill the agent and every worker.
+        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+            process.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (model_dir / META_FILE).exists()
+    killed_after = int(checkpoint_paths(model_dir)[-1].stem.split("-")[1])
+    assert killed_after < EPOCHS - 1
+
+    subprocess.run(torchrun(inputs_path), check=True, capture_output=True)
+
+    resumed, reference = meta(model_dir), meta(reference_run)
+    assert resumed["resumed_from_epoch"] == killed_after + 1
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+
+
+def test_training_twice_with_the_same_seed_gives_identical_weights(example_files, tmp_path, monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    digests = {}
+    for name, seed in (("first", 5), ("second", 5), ("other_seed", 6)):
+        train_worker(str(write_inputs(tmp_path / name, example_files, epochs=2, batch_size=1024, seed=seed)))
+        digests[name] = meta(tmp_path / name)["weights_sha256"]
+    assert digests["first"] == digests["second"]
+    assert digests["other_seed"] != digests["first"]
+
+
+def test_a_checkpoint_of_other_inputs_is_not_resumed(example_files, tmp_path, monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    model_dir = tmp_path / "mf-changed"
+    train_worker(str(write_inputs(model_dir, example_files, epochs=1, batch_size=1024, lr=0.01)))
+    train_worker(str(write_inputs(model_dir, example_files, epochs=2, batch_size=1024, lr=0.05)))
+    assert meta(model_dir)["resumed_from_epoch"] is None
+    assert len(meta(model_dir)["history"]) == 2
+    train_worker(str(write_inputs(model_dir, example_files, epochs=3, batch_size=1024, lr=0.05)))
+    assert meta(model_dir)["resumed_from_epoch"] == 2  # more epochs on the same inputs: continues
+
