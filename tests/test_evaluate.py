@@ -7,7 +7,14 @@ from pyspark.sql import functions as F
 
 from conftest import PIPELINE_DS
 from lakerec import metrics, tables
-from lakerec.evaluate import format_table, ranking_metrics
+from lakerec.evaluate import (
+    catalogue_coverage,
+    format_table,
+    intra_list_diversity,
+    novelty,
+    ranking_metrics,
+    rating_errors,
+)
 
 
 def test_hand_computed_case():
@@ -20,7 +27,28 @@ def test_hand_computed_case():
     assert metrics.hit_rate_at_k(recs, relevant, 1) == 0.0
 
 
-def test_spark_metrics_equal_the_python_twins(spark):
+def test_beyond_accuracy_hand_computed_case():
+    recs = {"u1": ["a", "b", "c"], "u2": ["a", "d", "x"]}
+    assert metrics.catalogue_coverage(recs, 10, 2) == pytest.approx(3 / 10)  # a, b, d
+    assert metrics.catalogue_coverage(recs, 10, 3) == pytest.approx(5 / 10)
+    counts = {"a": 4, "b": 2, "c": 1, "d": 1}  # 8 interactions; x never seen in training counts as 1
+    expected = (2 * math.log2(8 / 4) + math.log2(8 / 2) + math.log2(8) + math.log2(8) + math.log2(8)) / 6
+    assert metrics.novelty(recs, counts, 3) == pytest.approx(expected)
+    genres = {"a": {"Drama"}, "b": {"Drama", "Comedy"}, "c": {"Horror"}, "d": set()}
+    # u1 pairs: a-b 1 - 1/sqrt(2), a-c 1, b-c 1; u2 has a single item with genres and does not count.
+    assert metrics.intra_list_diversity(recs, genres, 3) == pytest.approx((3 - 1 / math.sqrt(2)) / 3)
+    assert metrics.intra_list_diversity(recs, genres, 2) == pytest.approx(1 - 1 / math.sqrt(2))
+
+
+def test_rating_errors_hand_computed_case():
+    pairs = [(4.0, 5.0), (3.0, 1.0), (2.5, 2.5)]
+    assert metrics.rmse(pairs) == pytest.approx(math.sqrt((1 + 4 + 0) / 3))
+    assert metrics.mae(pairs) == pytest.approx((1 + 2 + 0) / 3)
+
+
+@pytest.fixture(scope="module")
+def random_case(spark):
+    """Random top-12 lists, truth sets, train counts and genre sets, in Python and as DataFrames."""
     rng = random.Random(7)
     recs, truth = {}, {}
     for user in range(30):
@@ -28,21 +56,74 @@ def test_spark_metrics_equal_the_python_twins(spark):
         truth[user] = set(rng.sample(range(40), rng.randint(1, 8)))
     recs[99] = [1, 2, 3]  # a user without test items does not count
     truth[98] = {5}  # a user without recommendations counts as zero
-    recs_df = spark.createDataFrame(
-        [(u, i, r + 1) for u, items in recs.items() for r, i in enumerate(items)], "user int, item int, rank int"
-    )
-    truth_df = spark.createDataFrame([(u, i) for u, items in truth.items() for i in items], "user int, item int")
-    for k in (1, 5, 10):
-        expected = metrics.mean_ranking_metrics(recs, truth, k)
-        got = ranking_metrics(recs_df, truth_df, k)
-        assert got == pytest.approx(expected)
+    genre_names = ["Action", "Comedy", "Drama", "Horror", "Sci-Fi"]
+    genres = {item: set(rng.sample(genre_names, rng.randint(0, 3))) for item in range(40)}
+    counts = {item: rng.randint(1, 50) for item in range(35)}  # items 35..39 never seen in training
+    frames = {
+        "recs": spark.createDataFrame(
+            [(u, i, r + 1) for u, items in recs.items() for r, i in enumerate(items)], "user int, item int, rank int"
+        ),
+        "truth": spark.createDataFrame([(u, i) for u, items in truth.items() for i in items], "user int, item int"),
+        "counts": spark.createDataFrame(list(counts.items()), "item int, count long"),
+        "genres": spark.createDataFrame(
+            [(i, [float(g in gs) for g in genre_names]) for i, gs in genres.items()], "item int, genre_vector array<float>"
+        ),
+    }
+    return recs, truth, counts, genres, frames
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_spark_ranking_metrics_equal_the_python_twins(random_case, k):
+    recs, truth, _, _, frames = random_case
+    assert ranking_metrics(frames["recs"], frames["truth"], k) == pytest.approx(metrics.mean_ranking_metrics(recs, truth, k))
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_spark_beyond_accuracy_metrics_equal_the_python_twins(random_case, k):
+    recs, _, counts, genres, frames = random_case
+    assert catalogue_coverage(frames["recs"], 40, k) == pytest.approx(metrics.catalogue_coverage(recs, 40, k))
+    assert novelty(frames["recs"], frames["counts"], k) == pytest.approx(metrics.novelty(recs, counts, k))
+    expected = metrics.intra_list_diversity(recs, genres, k)
+    assert intra_list_diversity(frames["recs"], frames["genres"], k) == pytest.approx(expected)
+    if k > 1:
+        assert 0.0 < expected < 1.0
+
+
+def test_spark_rating_errors_equal_the_python_twins(spark):
+    rng = random.Random(11)
+    pairs = [(rng.uniform(1, 5), float(rng.randint(1, 5))) for _ in range(200)]
+    got = rating_errors(spark.createDataFrame(pairs, "prediction double, rating double"))
+    assert got == pytest.approx({"rmse": metrics.rmse(pairs), "mae": metrics.mae(pairs)})
+
+
+def test_format_table_shows_a_dash_where_a_model_has_no_value():
+    rows = [
+        {"model": "model", "metric": "ndcg", "k": 10, "value": 0.25},
+        {"model": "als", "metric": "ndcg", "k": 10, "value": 0.5},
+        {"model": "als", "metric": "rmse", "k": 0, "value": 0.9},
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["metric", "model", "als"]
+    assert lines[1].split() == ["ndcg@10", "0.2500", "0.5000"]
+    assert lines[2].split() == ["rmse", "-", "0.9000"]
 
 
 def test_metrics_table_holds_model_and_baseline_rows(spark, pipeline_run):
     cfg, results = pipeline_run
     rows = tables.read(spark, cfg, tables.METRICS).where(F.col("ds") == PIPELINE_DS).collect()
-    models = {r["model"] for r in rows}
-    assert models == {"model", "popularity"}
-    assert {(r["metric"], r["k"]) for r in rows} >= {("ndcg", 10), ("precision", 10), ("recall", 10), ("ndcg", 5)}
-    assert all(0.0 <= r["value"] <= 1.0 for r in rows)
-    assert "ndcg@10" in format_table(results["evaluate"])
+    assert {r["model"] for r in rows} == {"model", "popularity", "als", "ease"}
+    assert len({r["model_version"] for r in rows}) == 1
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[(r["metric"], r["k"])] = r["value"]
+    per_list = {"precision", "recall", "ndcg", "map", "hit_rate", "coverage", "novelty", "diversity"}
+    for model, values in by_model.items():
+        assert {(m, k) for m in per_list for k in (5, 10)} <= set(values), model
+        assert all(0.0 <= values[(m, k)] <= 1.0 for m in per_list - {"novelty"} for k in (5, 10)), model
+        assert values[("novelty", 10)] > 0.0
+    assert 0.0 < by_model["als"][("rmse", 0)] < 4.0 and 0.0 < by_model["als"][("mae", 0)] <= by_model["als"][("rmse", 0)]
+    # Popularity recommends the same few items to everyone: the least catalogue coverage, the least novelty.
+    assert by_model["popularity"][("coverage", 10)] < min(by_model[m][("coverage", 10)] for m in ("als", "ease"))
+    assert by_model["popularity"][("novelty", 10)] < min(by_model[m][("novelty", 10)] for m in ("als", "ease"))
+    table = format_table(results["evaluate"])
+    assert "ndcg@10" in table and "rmse" in table and "ease" in table.splitlines()[0]

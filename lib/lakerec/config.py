@@ -150,13 +150,13 @@ class AlsConfig:
     # Used as-is when there is no validation split (features.val_fraction = 0).
     rank: int = 64
     reg_param: float = 0.1
-    alpha: float = 10.0
+    alpha: float = 1.0
     max_iter: int = 10
     # With a validation split, every combination is fitted and the best NDCG@10 on validation wins;
     # an empty list keeps the fixed value above for that parameter.
     tune_ranks: list[int] = field(default_factory=lambda: [32, 64])
     tune_reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
-    tune_alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    tune_alphas: list[float] = field(default_factory=lambda: [1.0, 5.0])
     rating_rank: int = 10
     rating_reg_param: float = 0.1
 
@@ -165,7 +165,7 @@ class AlsConfig:
 class EaseConfig:
     """EASE item-item baseline: closed form on the driver, dense catalogue x catalogue."""
 
-    l2: float = 500.0
+    l2: float = 250.0
     tune_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])
     max_items: int = 30_000  # larger catalogues skip EASE (the Gram matrix is items^2 floats)
     max_user_item_cells: int = 500_000_000  # the scorer holds users x items floats per Python worker
