@@ -156,7 +156,7 @@ def record(path: Path, result: dict) -> None:
         begin,
         f"### {result['users']:,} users x {result['items']:,} items, d={result['dim']}, N={result['top_n']} ({tag})",
         "",
-        f"Run {result['when']} with `{result['command']}`, git {result['git']}.",
+        f"Run {result['when']} with `{result['command']}`, git {result['git']} at the start.",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, torch {m['torch']}; "
         f"Spark `{result['spark']['master']}`, block_size={result['spark']['block_size']}, "
         f"threads_per_worker={result['spark']['threads']}, arrow batch={result['spark']['arrow_batch']}.",
@@ -205,6 +205,7 @@ def main() -> None:
     args = parser.parse_args()
 
     n_users, n_items = round(ML25M_USERS * args.scale), round(ML25M_ITEMS * args.scale)
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
     out = Path(args.out).resolve()
     shutil.rmtree(out / "warehouse", ignore_errors=True)
     (out / "spark-local").mkdir(parents=True, exist_ok=True)
@@ -260,7 +261,7 @@ def main() -> None:
         "mean_seen": len(seen) / max(n_users, 1), "seen_total": len(seen),
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"make bench-score SCALE={args.scale}" + (f" (+ {' '.join(args.set)})" if args.set else ""),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip(),
+        "git": git,
         "machine": machine(), "seconds": seconds, "rows": rows, "load": loads, "line": line,
         "spark": {"master": cfg.spark.master, "block_size": cfg.score.block_size,
                   "threads": cfg.score.threads_per_worker, "arrow_batch": cfg.spark.arrow_batch_size},
