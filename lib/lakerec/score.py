@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -47,7 +48,7 @@ class _WorkerModel:
     buffer: torch.Tensor
 
     @classmethod
-    def get(cls, key: str, broadcast, block_size: int) -> type["_WorkerModel"]:
+    def get(cls, key: str, broadcast: Broadcast, block_size: int) -> type["_WorkerModel"]:
         """The worker's tensors for ``key``, unpickling the broadcast only the first time."""
         if cls.key != key:
             model: FactorModel = broadcast.value
@@ -152,6 +153,7 @@ def seen_items(silver: DataFrame) -> DataFrame:
 
 
 def popularity_model(spark: SparkSession, cfg: Config, n_users: int, n_items: int) -> FactorModel:
+    """The popularity fallback as a FactorModel: item bias = log(1 + training interactions)."""
     counts = np.zeros(n_items, np.float32)
     examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES).where(F.col("item_idx") < n_items)
     rows = examples.groupBy("item_idx").count().collect()
