@@ -98,7 +98,7 @@ def raw_pass(files: list[str]) -> float:
 
 def train_pass(root: Path, files: list[str], version: int, n_users: int, n_items: int, batch_size: int) -> dict:
     """One epoch of the real trainer (one rank) on ``files``: examples/s and the loss."""
-    cfg = load_config("local", overrides=[f"train.batch_size={batch_size}", "train.epochs=1", "train.resume=false"])
+    cfg = load_config("local", overrides=[f"train.batch_size={batch_size}", "train.epochs=1", "train.resume=false", "train.model=mf"])
     model_dir = root / "models" / "bench"
     model_dir.mkdir(parents=True, exist_ok=True)
     inputs = TrainInputs("bench", str(model_dir), files, version, count_rows(files), n_users, n_items,

@@ -26,7 +26,7 @@ from lakerec.train import INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths,
 N_USERS, N_ITEMS = 3000, 800
 EPOCHS = 4
 # Small batches make an epoch last a few seconds on 2 cores, so a kill lands inside one.
-TRAIN = {"dim": 16, "epochs": EPOCHS, "batch_size": 64, "reader_workers": 1, "seed": 7}
+TRAIN = {"model": "mf", "dim": 16, "epochs": EPOCHS, "batch_size": 64, "reader_workers": 1, "seed": 7}
 
 
 @pytest.fixture(scope="module")

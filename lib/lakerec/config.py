@@ -114,7 +114,11 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # two_tower: id embeddings + side features (genres, year, text embedding); mf: ids only.
+    model: Literal["two_tower", "mf"] = "two_tower"
     dim: int = 64
+    hidden: int = 256  # two_tower: item tower hidden width
+    id_dropout: float = 0.2  # two_tower: share of examples trained on the content path alone
     epochs: int = 10
     batch_size: int = 2048
     lr: float = 0.01
@@ -132,6 +136,10 @@ class TrainConfig:
     # spark_converter (Petastorm's make_spark_converter materialises the version into petastorm_cache_dir).
     data_path: Literal["delta_log", "spark_converter"] = "delta_log"
     petastorm_cache_dir: str = "petastorm_cache"
+    # Early stopping on validation NDCG@10 (only when features.val_fraction > 0): stop after this
+    # many epochs without improvement and keep the best epoch's weights.
+    patience: int = 3
+    validation_users: int = 2000  # users sampled for the per-epoch validation ranking
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,8 @@ def _check_semantics(cfg: Config) -> None:
         ("train.num_processes", cfg.train.num_processes >= 1, "must be >= 1"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.dim", cfg.train.dim >= 1, "must be >= 1"),
+        ("train.id_dropout", 0.0 <= cfg.train.id_dropout < 1.0, "must be in [0, 1)"),
+        ("train.patience", cfg.train.patience >= 1, "must be >= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -269,3 +271,41 @@ def run(spark: SparkSession, cfg: Config, ds: str) -> FeaturesResult:
     })
     log.info("features %s: %s", ds, result)
     return result
+
+
+def side_features(spark: SparkSession, cfg: Config, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense side-feature matrices for the hybrid model, rows by user_idx / item_idx.
+
+    Users: genre affinity and log activity. Items: genre multi-hot, scaled year, log popularity
+    and the text embedding (zeros where an item has none). Catalogue- and user-sized, never
+    interaction-sized.
+    """
+    users = tables.read(spark, cfg, tables.USER_FEATURES).where(F.col("user_idx") < n_users)
+    user_pdf = users.select("user_idx", "genre_affinity", F.log1p("n_interactions").alias("activity")).toPandas()
+    n_genres = len(user_pdf["genre_affinity"].iloc[0]) if len(user_pdf) else 0
+    user_side = np.zeros((n_users, n_genres + 1), np.float32)
+    idx = user_pdf["user_idx"].to_numpy()
+    if len(idx):
+        user_side[idx, :n_genres] = np.stack(user_pdf["genre_affinity"].to_numpy())
+        user_side[idx, n_genres] = user_pdf["activity"].to_numpy() / 10.0
+
+    items = tables.read(spark, cfg, tables.ITEM_FEATURES).where(F.col("item_idx") < n_items)
+    year = F.coalesce((F.col("year") - 1990) / 30.0, F.lit(0.0))
+    if tables.exists(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS):
+        items = items.join(tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).select("item_key", "embedding"), "item_key", "left")
+    else:
+        items = items.withColumn("embedding", F.lit(None).cast("array<float>"))
+    item_pdf = items.select("item_idx", "genre_vector", year.alias("year"), F.log1p("popularity").alias("pop"), "embedding").toPandas()
+    n_item_genres = len(item_pdf["genre_vector"].iloc[0]) if len(item_pdf) else 0
+    has_text = item_pdf["embedding"].notna()
+    text_dim = len(item_pdf.loc[has_text, "embedding"].iloc[0]) if has_text.any() else 0
+    item_side = np.zeros((n_items, n_item_genres + 2 + text_dim), np.float32)
+    idx = item_pdf["item_idx"].to_numpy()
+    if len(idx):
+        item_side[idx, :n_item_genres] = np.stack(item_pdf["genre_vector"].to_numpy())
+        item_side[idx, n_item_genres] = item_pdf["year"].to_numpy()
+        item_side[idx, n_item_genres + 1] = item_pdf["pop"].to_numpy() / 10.0
+        if text_dim:
+            rows = item_pdf.loc[has_text]
+            item_side[rows["item_idx"].to_numpy(), n_item_genres + 2:] = np.stack(rows["embedding"].to_numpy())
+    return user_side, item_side

@@ -32,6 +32,49 @@ class MatrixFactorization(nn.Module):
         return (u * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
 
+class TwoTower(nn.Module):
+    """Hybrid two-tower model: each tower adds an id embedding to a projection of side features.
+
+    User tower: id embedding + linear(user features, e.g. genre affinity). Item tower: id
+    embedding + MLP(genre multi-hot, year, text embedding). During training the item id embedding
+    is dropped for a share of examples, so the content path alone ranks well: items with no
+    interactions (cold start) are scored from their content.
+    """
+
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, user_side: torch.Tensor, item_side: torch.Tensor,
+        hidden: int = 256, id_dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        self.item_bias = nn.Embedding(n_items, 1)
+        nn.init.normal_(self.user.weight, std=0.05)
+        nn.init.normal_(self.item.weight, std=0.05)
+        nn.init.zeros_(self.item_bias.weight)
+        self.register_buffer("user_side", user_side.float())
+        self.register_buffer("item_side", item_side.float())
+        self.user_proj = nn.Linear(user_side.shape[1], dim)
+        self.item_mlp = nn.Sequential(nn.Linear(item_side.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.id_dropout = id_dropout
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user(users) + self.user_proj(self.user_side[users])
+
+    def item_vectors(self, items: torch.Tensor, use_ids: torch.Tensor | None = None) -> torch.Tensor:
+        ids = self.item(items)
+        if self.training and self.id_dropout > 0:
+            ids = ids * (torch.rand(ids.shape[:-1] + (1,), device=ids.device) >= self.id_dropout)
+        elif use_ids is not None:
+            ids = ids * use_ids[items].unsqueeze(-1)
+        return ids + self.item_mlp(self.item_side[items])
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores for ``items`` of shape (batch, m) given ``users`` of shape (batch,)."""
+        u = self.user_vectors(users).unsqueeze(1)
+        return (u * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+
+
 def bpr_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, l2: float) -> torch.Tensor:
     """Bayesian personalised ranking: a positive should outscore a sampled negative.
 
@@ -58,6 +101,20 @@ class FactorModel:
             model.user.weight.detach().cpu().float().numpy(),
             model.item.weight.detach().cpu().float().numpy(),
             model.item_bias.weight.detach().cpu().float().numpy()[:, 0],
+        )
+
+    @classmethod
+    @torch.no_grad()
+    def from_two_tower(cls, model: TwoTower, trained_items: torch.Tensor) -> "FactorModel":
+        """Export tower outputs; items never seen in training keep only their content vector."""
+        model.eval()
+        users = torch.arange(model.user.num_embeddings)
+        items = torch.arange(model.item.num_embeddings)
+        use_ids = trained_items.float()
+        return cls(
+            model.user_vectors(users).float().numpy(),
+            model.item_vectors(items, use_ids).float().numpy(),
+            (model.item_bias.weight[:, 0] * use_ids).float().numpy(),
         )
 
     @classmethod

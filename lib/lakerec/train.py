@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -37,7 +38,8 @@ from tqdm import tqdm
 
 from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.data import ShortEpochError, count_rows, iterate_batches
-from lakerec.models import FactorModel, MatrixFactorization, bpr_loss
+from lakerec import validation
+from lakerec.models import FactorModel, MatrixFactorization, TwoTower, bpr_loss
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -48,6 +50,9 @@ FACTORS_FILE = "factors.npz"
 INPUTS_FILE = "inputs.json"
 META_FILE = "meta.json"
 LATEST_FILE = "LATEST"
+SIDE_FEATURES_FILE = "side_features.npz"
+VALIDATION_FILE = "validation.npz"
+BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINTS_KEPT = 2
 TRAIN_COLUMNS = ["user_idx", "item_idx"]
@@ -68,6 +73,8 @@ class TrainInputs:
     n_items: int
     input_versions: dict[str, int]
     train: dict[str, Any]
+    side_features: Optional[str] = None  # two_tower: npz of user_side, item_side, trained_items
+    validation: Optional[str] = None  # npz for early stopping; None without a validation split
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -155,6 +162,28 @@ def _in_lockstep(
         yield batch
 
 
+def build_model(inputs: TrainInputs, tc: TrainConfig) -> torch.nn.Module:
+    """The configured model, sized by the pinned inputs."""
+    if tc.model == "mf":
+        return MatrixFactorization(inputs.n_users, inputs.n_items, tc.dim)
+    if not inputs.side_features:
+        raise ValueError("train.model=two_tower needs side features: inputs.json has none (written by train.prepare)")
+    with np.load(inputs.side_features) as side:
+        user_side, item_side = torch.from_numpy(side["user_side"]), torch.from_numpy(side["item_side"])
+    return TwoTower(inputs.n_users, inputs.n_items, tc.dim, user_side, item_side, tc.hidden, tc.id_dropout)
+
+
+def export_factors(model: torch.nn.Module, inputs: TrainInputs) -> FactorModel:
+    """The trained model in the scorer's factor form (two_tower: cold items keep content only)."""
+    if isinstance(model, MatrixFactorization):
+        return FactorModel.from_mf(model)
+    with np.load(inputs.side_features) as side:
+        trained_items = torch.from_numpy(side["trained_items"])
+    factors = FactorModel.from_two_tower(model, trained_items)
+    model.train()
+    return factors
+
+
 def train_worker(inputs_path: str) -> None:
     """One DDP rank: resume or start, train on this rank's Petastorm shard each epoch, rank 0 writes."""
     inputs = TrainInputs.load(inputs_path)
@@ -179,17 +208,19 @@ def train_worker(inputs_path: str) -> None:
     fingerprint = inputs.fingerprint(world_size)
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    model = MatrixFactorization(inputs.n_users, inputs.n_items, tc.dim).to(device)
+    model = build_model(inputs, tc).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     negatives = torch.Generator().manual_seed(tc.seed * 1009 + rank)
     history: list[dict[str, Any]] = []
-    start_epoch, best = 0, {"loss": float("inf"), "epoch": -1}
+    start_epoch, best = 0, {"loss": float("inf"), "ndcg": -1.0, "epoch": -1}
+    val = validation.ValidationSet.load(inputs.validation) if inputs.validation and rank == 0 else None
 
     state = _load_checkpoint(model_dir, fingerprint, device) if tc.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         negatives.set_state(state["negatives"][rank])
+        torch.set_rng_state(state["torch_rng"][rank])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         if rank == 0:
             log.info("resuming %s after epoch %d", inputs.model_version, state["epoch"])
@@ -197,7 +228,8 @@ def train_worker(inputs_path: str) -> None:
         dist.barrier()  # every rank has read the checkpoint before rank 0 clears stale ones
     if state is None and rank == 0:
         shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
-    ddp = DistributedDataParallel(model) if distributed else model
+    # Side-feature buffers never change: do not re-broadcast them on every forward.
+    ddp = DistributedDataParallel(model, broadcast_buffers=False) if distributed else model
 
     started = time.time()
     progress = tqdm(range(start_epoch, tc.epochs), desc="train", initial=start_epoch, total=tc.epochs,
@@ -233,23 +265,42 @@ def train_worker(inputs_path: str) -> None:
             )
         loss_epoch = float(totals[1] / totals[0])
         # Every rank's sampler state and row count, so a resumed run continues each rank exactly.
-        per_rank = _gather({"negatives": negatives.get_state(), "rows": rows}, distributed, world_size)
+        per_rank = _gather({"negatives": negatives.get_state(), "torch_rng": torch.get_rng_state(), "rows": rows},
+                           distributed, world_size)
         history.append({"epoch": epoch, "loss": loss_epoch, "rows": int(totals[0]),
                         "rank_rows": [r["rows"] for r in per_rank]})
-        if loss_epoch < best["loss"]:
-            best = {"loss": loss_epoch, "epoch": epoch}
+        stop = torch.zeros(1, device=device)
+        if val is not None:
+            history[-1]["val_ndcg"] = validation.ndcg(export_factors(model, inputs), val)
+            if history[-1]["val_ndcg"] > best["ndcg"]:
+                best = {"loss": loss_epoch, "ndcg": history[-1]["val_ndcg"], "epoch": epoch}
+                torch.save(model.state_dict(), model_dir / BEST_FILE)
+            stop[0] = float(epoch - best["epoch"] >= tc.patience)
+        elif inputs.validation is None and loss_epoch < best["loss"]:
+            best = {"loss": loss_epoch, "ndcg": -1.0, "epoch": epoch}
         if rank == 0:
             path = _save_checkpoint(model_dir, epoch, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "negatives": [r["negatives"] for r in per_rank], "history": history, "best": best,
+                "negatives": [r["negatives"] for r in per_rank], "torch_rng": [r["torch_rng"] for r in per_rank],
+                "history": history, "best": best,
                 "train": inputs.train, "table_version": inputs.table_version, "fingerprint": fingerprint,
             })
             progress.set_postfix(loss=f"{loss_epoch:.4f}")
-            log.info("epoch %d: loss %.4f over %d rows, checkpoint %s", epoch, loss_epoch, int(totals[0]), path.name)
+            log.info("epoch %d: loss %.4f%s over %d rows, checkpoint %s", epoch, loss_epoch,
+                     f", validation ndcg@10 {history[-1]['val_ndcg']:.4f}" if val is not None else "",
+                     int(totals[0]), path.name)
+        if distributed and inputs.validation:
+            dist.broadcast(stop, 0)  # every rank stops at the same epoch
+        if stop.item():
+            if rank == 0:
+                log.info("early stop after epoch %d: best validation ndcg@10 %.4f at epoch %d", epoch, best["ndcg"], best["epoch"])
+            break
 
     digests = _gather(_weights_digest(model), distributed, world_size)
     if rank == 0:
-        FactorModel.from_mf(model).save(model_dir / FACTORS_FILE)
+        if val is not None:  # publish the best validation epoch, not the last one
+            model.load_state_dict(torch.load(model_dir / BEST_FILE, map_location=device))
+        export_factors(model, inputs).save(model_dir / FACTORS_FILE)
         torch.save({"state_dict": model.state_dict(), "n_users": inputs.n_users, "n_items": inputs.n_items,
                     "train": inputs.train}, model_dir / "model.pt")
         meta = {
@@ -293,9 +344,23 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         files = active_files(spark, path, table_version)
     n_users = tables.read(spark, cfg, tables.ID_MAP_USERS, versions[tables.ID_MAP_USERS.qualified]).count()
     n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS, versions[tables.ID_MAP_ITEMS.qualified]).count()
-    model_version = f"mf-{ds}-t{table_version}"
+    model_version = f"{cfg.train.model.replace('_', '')}-{ds}-t{table_version}"
     model_dir = Path(resolve_path(cfg.models_dir)) / model_version
     model_dir.mkdir(parents=True, exist_ok=True)
+    side_path = val_path = None
+    if cfg.train.model == "two_tower":
+        from lakerec.features import side_features
+
+        user_side, item_side = side_features(spark, cfg, n_users, n_items)
+        trained = np.zeros(n_items, np.bool_)
+        examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES, table_version)
+        trained[[r["item_idx"] for r in examples.select("item_idx").distinct().collect()]] = True
+        side_path = model_dir / SIDE_FEATURES_FILE
+        np.savez(side_path, user_side=user_side, item_side=item_side, trained_items=trained)
+    val = validation.export(spark, cfg, cfg.train.validation_users, n_users, n_items)
+    if val is not None:
+        val_path = model_dir / VALIDATION_FILE
+        val.save(val_path)
     inputs = TrainInputs(
         model_version=model_version,
         model_dir=str(model_dir),
@@ -306,6 +371,8 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         n_items=n_items,
         input_versions=versions,
         train=asdict(cfg.train),
+        side_features=str(side_path) if side_path else None,
+        validation=str(val_path) if val_path else None,
     )
     inputs.save(model_dir / INPUTS_FILE)
     return inputs
