@@ -4,12 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DS ?= $(shell date +%F)
 ENV ?= local
+SCALE ?= 1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-features bench-score bench-train bench-quality clean
 
 install: $(STAMP)
 
+# uv installs from the pip cache in seconds on a second checkout; petastorm goes in --no-deps
+# (it declares setuptools<70, which torch refuses; its real needs are in pyproject.toml).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
@@ -23,16 +26,24 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-clean:
-	rm -rf warehouse models reports spark-warehouse metastore_db derby.log
+# Benchmarks (BENCHMARKS.md). SCALE shrinks the synthetic shapes for a quick run, e.g. SCALE=0.1.
+bench: bench-features bench-score bench-train bench-quality
 
-# Scorer vs Spark ALS vs a bare torch bound at the MovieLens 25M shape; SCALE=0.1 for a quick run.
-SCALE ?= 1.0
-.PHONY: bench-score
+# Ingest + features at the MovieLens 25M shape: wall time and peak memory.
+bench-features: $(STAMP)
+	SCALE=$(SCALE) $(PY) bench/bench_features.py
+
+# Scorer vs Spark ALS vs a bare torch bound at the MovieLens 25M shape.
 bench-score: $(STAMP)
 	$(PY) bench/bench_score.py --scale $(SCALE) --record BENCHMARKS.md
 
-# Petastorm loader vs raw pyarrow vs training on 5M training examples (x SCALE); last line: loader_rows_per_s=X raw_rows_per_s=Y.
-.PHONY: bench-train
+# Petastorm loader vs raw pyarrow vs training on 5M training examples (x SCALE).
 bench-train: $(STAMP)
 	$(PY) bench/bench_train.py --scale $(SCALE)
+
+# Model vs popularity / ALS / EASE on ml-100k (from ../shared, or ML100K=path) and ml-latest-small.
+bench-quality: $(STAMP)
+	$(PY) bench/bench_quality.py $(if $(ML100K),--ml100k $(ML100K))
+
+clean:
+	rm -rf warehouse models reports spark-warehouse metastore_db derby.log petastorm_cache
