@@ -34,3 +34,35 @@ def test_model_records_its_inputs(pipeline_run):
     assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
     assert (model_dir / "factors.npz").is_file()
     assert checkpoint_paths(model_dir)[-1].name == f"epoch-{cfg.train.epochs - 1:04d}.pt"
+
+
+def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(spark, tiny_source, tmp_path):
+    import numpy as np
+
+    from conftest import make_config
+    from lakerec import features, ingest, train
+    from lakerec.models import FactorModel
+    from lakerec.train import FACTORS_FILE, SIDE_FEATURES_FILE
+
+    cfg = make_config(tmp_path, tiny_source, "train.model=two_tower", "train.epochs=6", "train.patience=1",
+                      "features.val_fraction=0.2", "embed.enabled=false")
+    ingest.run(spark, cfg, "2026-01-01")
+    features.run(spark, cfg, "2026-01-01")
+    meta = train.run(spark, cfg, "2026-01-01")
+
+    assert meta["model_version"].startswith("twotower-")
+    scored = [h["val_ndcg"] for h in meta["history"]]
+    assert all(0.0 <= v <= 1.0 for v in scored)
+    assert meta["best"]["ndcg"] == max(scored)
+    assert len(scored) == cfg.train.epochs or len(scored) - 1 - meta["best"]["epoch"] == cfg.train.patience
+
+    model_dir = latest_model_dir(cfg)
+    factors = FactorModel.load(model_dir / FACTORS_FILE)
+    with np.load(model_dir / SIDE_FEATURES_FILE) as side:
+        trained, item_side = side["trained_items"], side["item_side"]
+    assert factors.item_factors.shape[0] == item_side.shape[0]
+    cold = np.flatnonzero(~trained)
+    if len(cold):  # items without training interactions: no id part, no bias, content vector only
+        assert np.all(factors.item_bias[cold] == 0)
+        twins = [(a, b) for a in cold for b in cold if a < b and np.array_equal(item_side[a], item_side[b])]
+        assert all(np.allclose(factors.item_factors[a], factors.item_factors[b]) for a, b in twins)

@@ -114,16 +114,17 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # two_tower: id embeddings + side features (genres, year, text embedding); mf: ids only.
-    model: Literal["two_tower", "mf"] = "two_tower"
+    # mf: id embeddings (measured best here, BENCHMARKS.md "Quality"); two_tower: ids + side
+    # features (genres, year, popularity, text embedding), which also scores cold items.
+    model: Literal["mf", "two_tower"] = "mf"
     dim: int = 64
     hidden: int = 256  # two_tower: item tower hidden width
     id_dropout: float = 0.2  # two_tower: share of examples trained on the content path alone
-    epochs: int = 10
-    batch_size: int = 2048
+    epochs: int = 40
+    batch_size: int = 512  # per rank
     lr: float = 0.01
     weight_decay: float = 0.0
-    l2: float = 1e-5
+    l2: float = 0.01
     seed: int = 42
     num_processes: int = 2
     # none: the train job only writes models/<version>/inputs.json; run torchrun yourself.
