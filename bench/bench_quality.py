@@ -65,7 +65,7 @@ def _table(name: str, values: dict, seconds: float) -> str:
     for model in MODELS:
         if not any(m == model for m, _ in values):
             continue
-        cells = [f"{values.get((model, m), float('nan')):.4f}" for m in (*METRICS, *extra)]
+        cells = [f"{values[(model, m)]:.4f}" if (model, m) in values else "-" for m in (*METRICS, *extra)]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ class MatrixFactorization(nn.Module):
         return (u * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
 
-class TwoTower(nn.Module):
+class TwoTower(MatrixFactorization):
     """Hybrid two-tower model: each tower adds an id embedding to a projection of side features.
 
     User tower: id embedding + linear(user features, e.g. genre affinity). Item tower: id
@@ -45,13 +45,7 @@ class TwoTower(nn.Module):
         self, n_users: int, n_items: int, dim: int, user_side: torch.Tensor, item_side: torch.Tensor,
         hidden: int = 256, id_dropout: float = 0.2,
     ) -> None:
-        super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
-        self.item_bias = nn.Embedding(n_items, 1)
-        nn.init.normal_(self.user.weight, std=0.05)
-        nn.init.normal_(self.item.weight, std=0.05)
-        nn.init.zeros_(self.item_bias.weight)
+        super().__init__(n_users, n_items, dim)
         self.register_buffer("user_side", user_side.float())
         self.register_buffer("item_side", item_side.float())
         self.user_proj = nn.Linear(user_side.shape[1], dim)

@@ -175,7 +175,7 @@ def build_model(inputs: TrainInputs, tc: TrainConfig) -> torch.nn.Module:
 
 def export_factors(model: torch.nn.Module, inputs: TrainInputs) -> FactorModel:
     """The trained model in the scorer's factor form (two_tower: cold items keep content only)."""
-    if isinstance(model, MatrixFactorization):
+    if not isinstance(model, TwoTower):
         return FactorModel.from_mf(model)
     with np.load(inputs.side_features) as side:
         trained_items = torch.from_numpy(side["trained_items"])
