@@ -20,6 +20,7 @@ def make_config(root: Path, source: Path, *overrides: str) -> Config:
         overrides=[
             f"warehouse={root}/warehouse",
             f"models_dir={root}/models",
+            f"reports_dir={root}/reports",
             f"source.path={source}",
             "source.name=tiny",
             "spark.shuffle_partitions=2",

@@ -127,3 +127,14 @@ def test_metrics_table_holds_model_and_baseline_rows(spark, pipeline_run):
     assert by_model["popularity"][("novelty", 10)] < min(by_model[m][("novelty", 10)] for m in ("als", "ease"))
     table = format_table(results["evaluate"])
     assert "ndcg@10" in table and "rmse" in table and "ease" in table.splitlines()[0]
+
+
+def test_pipeline_writes_the_evaluation_report(pipeline_run):
+    cfg, results = pipeline_run
+    path = results["report"]
+    text = path.read_text()
+    assert f"ds={PIPELINE_DS}" in text and "ndcg@10" in text and "popularity" in text
+    for png in ("metrics_at_k.png", "training.png", "popularity_bias.png"):
+        image = path.parent / png
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({png})" in text

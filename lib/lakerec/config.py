@@ -192,6 +192,7 @@ class EvaluateConfig:
 class Config:
     warehouse: str = "warehouse"
     models_dir: str = "models"
+    reports_dir: str = "reports"
     spark: SparkConfig = field(default_factory=SparkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)

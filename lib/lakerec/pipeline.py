@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Optional, Sequence
 
-from lakerec import embed, evaluate, features, ingest, quality, score, tables, train
+from lakerec import embed, evaluate, features, ingest, quality, report, score, tables, train
 from lakerec.cli import load, parse_args, setup_logging
 from lakerec.config import Config
 from lakerec.spark import build_spark
@@ -27,6 +27,7 @@ def run_all(spark, cfg: Config, ds: str) -> dict:
         started = time.time()
         results[name] = stage(spark, cfg, ds)
         log.info("stage %s finished in %.1fs", name, time.time() - started)
+    results["report"] = report.write(spark, cfg, ds, results["evaluate"], train.latest_model_dir(cfg))
     return results
 
 
@@ -48,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   tables.ITEM_FEATURES, tables.USER_FEATURES, tables.ITEM_TEXT_EMBEDDINGS):
         print(f"  {table.qualified:<28} {table.path(cfg)}")
     print(f"  {'model':<28} {train.latest_model_dir(cfg)}")
+    print(f"  {'evaluation report':<28} {results['report']}")
     spark.stop()
 
 

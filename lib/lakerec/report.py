@@ -1,0 +1,119 @@
+"""Evaluation report for one run: Markdown with PNG plots under ``<reports_dir>/<ds>/``.
+
+Metrics beside the baselines, metric@K curves, the model's training (and validation) curves, and
+the popularity bias of the published recommendations (share of slots per item-popularity decile).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the object API draws to files without a display or pyplot state
+from pyspark.sql import SparkSession, Window
+from pyspark.sql import functions as F
+
+from lakerec import tables
+from lakerec.config import Config, resolve_path
+from lakerec.evaluate import format_table
+from lakerec.train import META_FILE
+
+log = logging.getLogger(__name__)
+
+CURVE_METRICS = ("ndcg", "recall", "precision")
+
+
+def popularity_bias(spark: SparkSession, cfg: Config, ds: str) -> list[float]:
+    """Share of the published recommendation slots per train-popularity decile (0 = least popular)."""
+    items = tables.read(spark, cfg, tables.ITEM_FEATURES).select("item_key", "popularity")
+    deciles = items.withColumn("decile", F.ntile(10).over(Window.orderBy("popularity", "item_key")) - 1)
+    recs = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == ds).select("item_key")
+    counts = {r["decile"]: r["count"] for r in recs.join(deciles, "item_key").groupBy("decile").count().collect()}
+    total = sum(counts.values()) or 1
+    return [counts.get(d, 0) / total for d in range(10)]
+
+
+def _plot_curves(rows: list[dict], path: Path) -> None:
+    fig = Figure(figsize=(4 * len(CURVE_METRICS), 3.2))
+    axes = fig.subplots(1, len(CURVE_METRICS))
+    for ax, metric in zip(axes, CURVE_METRICS):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            points = sorted((r["k"], r["value"]) for r in rows if r["model"] == model and r["metric"] == metric)
+            if points:
+                ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=model)
+        ax.set_title(f"{metric}@K")
+        ax.set_xlabel("K")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _plot_training(history: list[dict], path: Path) -> None:
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="train BPR loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if any("val_ndcg" in h for h in history):
+        val = ax.twinx()
+        val.plot(epochs, [h.get("val_ndcg") for h in history], color="tab:orange", marker="s", label="validation ndcg@10")
+        val.set_ylabel("validation ndcg@10")
+    ax.set_title("training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _plot_bias(shares: list[float], path: Path) -> None:
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    ax.bar(range(10), shares)
+    ax.axhline(0.1, color="grey", linestyle="--", label="uniform")
+    ax.set_xlabel("item popularity decile (9 = most popular)")
+    ax.set_ylabel("share of recommendation slots")
+    ax.set_title("popularity bias")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def write(spark: SparkSession, cfg: Config, ds: str, metrics: list[dict], model_dir: Path) -> Path:
+    """Write ``report.md`` and its plots for ``ds``; returns the report's path."""
+    out = Path(resolve_path(cfg.reports_dir)) / ds
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((model_dir / META_FILE).read_text())
+    shares = popularity_bias(spark, cfg, ds)
+    _plot_curves(metrics, out / "metrics_at_k.png")
+    _plot_training(meta["history"], out / "training.png")
+    _plot_bias(shares, out / "popularity_bias.png")
+    lines = [
+        f"# lakerec evaluation report, ds={ds}",
+        "",
+        f"Model `{meta['model_version']}` ({meta['train']['model']}, trained on "
+        f"`features.training_examples` version {meta['table_version']}, {len(meta['history'])} epochs, "
+        f"world size {meta['world_size']}). Test split, full ranking over items unseen in training.",
+        "",
+        "## Metrics beside the baselines",
+        "",
+        "```",
+        format_table(metrics),
+        "```",
+        "",
+        "![metric@K](metrics_at_k.png)",
+        "",
+        "## Training",
+        "",
+        "![training](training.png)",
+        "",
+        "## Popularity bias of the published recommendations",
+        "",
+        "Share of recommendation slots per item-popularity decile (train counts); 10% each would be no bias. "
+        f"Top decile: {shares[9]:.0%}, bottom half: {sum(shares[:5]):.0%}.",
+        "",
+        "![popularity bias](popularity_bias.png)",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    log.info("report %s: %s", ds, path)
+    return path
