@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -69,6 +70,20 @@ def torchrun(inputs_path: Path) -> list[str]:
             "-m", "lakerec.train", "--inputs", str(inputs_path)]
 
 
+def kill_after_first_checkpoint(running, model_dir: Path, processes) -> int:
+    """Wait for the first checkpoint while ``running()``, SIGKILL ``processes()``; the epoch saved."""
+    deadline = time.monotonic() + 240
+    while not checkpoint_paths(model_dir) and running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running(), "training ended before it could be killed: make epochs longer"
+    time.sleep(0.2)  # into the next epoch
+    for process in processes():
+        process.send_signal(signal.SIGKILL)
+    killed_after = int(checkpoint_paths(model_dir)[-1].stem.split("-")[1])
+    assert killed_after < EPOCHS - 1
+    return killed_after
+
+
 def meta(model_dir: Path) -> dict:
     return json.loads((model_dir / META_FILE).read_text())
 
@@ -92,7 +107,7 @@ def test_torchrun_launcher_trains_two_gloo_ranks_on_disjoint_complete_shards(ref
         assert all(n > 0 for n in epoch["rank_rows"])
         assert sum(epoch["rank_rows"]) == epoch["rows"] == total
     assert m["history"][-1]["loss"] < m["history"][0]["loss"]
-    assert m["resumed_from_epoch"] is None
+    assert m["restarts"] > 0 or m["resumed_from_epoch"] is None  # a fresh run resumes only after a restart
     assert (reference_run.parent / "LATEST").read_text() == reference_run.name
 
 
@@ -120,19 +135,14 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(reference_run,
     proc = subprocess.Popen(torchrun(inputs_path), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
-        while not checkpoint_paths(model_dir) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before it could be killed: make epochs longer"
-        time.sleep(0.2)  # into the next epoch
-    finally:
         # torchrun starts each worker in a session of its own: kill the agent and every worker.
-        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
-            process.send_signal(signal.SIGKILL)
+        agent = psutil.Process(proc.pid)
+        killed_after = kill_after_first_checkpoint(
+            lambda: proc.poll() is None, model_dir, lambda: [agent, *agent.children(recursive=True)])
+    finally:
+        proc.kill()
         proc.wait()
     assert not (model_dir / META_FILE).exists()
-    killed_after = int(checkpoint_paths(model_dir)[-1].stem.split("-")[1])
-    assert killed_after < EPOCHS - 1
 
     subprocess.run(torchrun(inputs_path), check=True, capture_output=True)
 
@@ -140,6 +150,29 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(reference_run,
     assert resumed["resumed_from_epoch"] == killed_after + 1
     assert resumed["weights_sha256"] == reference["weights_sha256"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
+
+
+def test_launch_restarts_a_crashed_worker_group_from_its_checkpoint(reference_run, example_files, tmp_path):
+    """SIGKILL one rank mid-run: ``launch`` starts a fresh torchrun, which resumes; same weights."""
+    cfg = load_config("local", overrides=[f"models_dir={tmp_path}", "train.launcher=torchrun", "train.max_restarts=1"])
+    model_dir = tmp_path / "mf-crashed"
+    inputs_path = write_inputs(model_dir, example_files)
+    launched = threading.Thread(target=launch, args=(cfg, inputs_path))
+    launched.start()
+
+    def one_rank() -> list[psutil.Process]:
+        ranks = [p for p in psutil.Process().children(recursive=True) if str(inputs_path) in " ".join(p.cmdline())
+                 and "torch.distributed.run" not in p.cmdline()]
+        return ranks[-1:]
+
+    killed_after = kill_after_first_checkpoint(launched.is_alive, model_dir, one_rank)
+    launched.join(timeout=300)
+    assert not launched.is_alive(), "the restarted run did not finish"
+
+    crashed, reference = meta(model_dir), meta(reference_run)
+    assert crashed["restarts"] == 1
+    assert crashed["resumed_from_epoch"] == killed_after + 1
+    assert crashed["weights_sha256"] == reference["weights_sha256"]
 
 
 def test_training_twice_with_the_same_seed_gives_identical_weights(example_files, tmp_path, monkeypatch):

@@ -66,3 +66,31 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
         assert np.all(factors.item_bias[cold] == 0)
         twins = [(a, b) for a in cold for b in cold if a < b and np.array_equal(item_side[a], item_side[b])]
         assert all(np.allclose(factors.item_factors[a], factors.item_factors[b]) for a, b in twins)
+
+
+def test_full_softmax_scores_the_whole_catalogue_for_both_models():
+    """``model(users)`` equals scoring every item explicitly, and the loss is the catalogue cross-entropy."""
+    import torch
+
+    from lakerec.models import MatrixFactorization, TwoTower, softmax_loss
+
+    torch.manual_seed(0)
+    users, pos = torch.tensor([0, 3, 3]), torch.tensor([5, 1, 6])
+    catalogue = torch.arange(7).expand(3, 7)
+    for model in (MatrixFactorization(4, 7, 8), TwoTower(4, 7, 8, torch.rand(4, 3), torch.rand(7, 5), hidden=6).eval()):
+        scores = model(users)
+        assert scores.shape == (3, 7)
+        assert torch.allclose(scores, model(users, catalogue), atol=1e-6)
+        expected = -(scores.log_softmax(-1)[torch.arange(3), pos]).mean()
+        assert torch.isclose(softmax_loss(model, users, pos), expected)
+
+
+def test_cosine_learning_rate_decays_from_lr_by_epoch_alone():
+    from lakerec.config import TrainConfig
+    from lakerec.train import learning_rate
+
+    tc = TrainConfig(lr=0.01, epochs=4)
+    rates = [learning_rate(tc, e) for e in range(tc.epochs)]
+    assert rates[0] == 0.01 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert abs(rates[2] - 0.005) < 1e-12  # half-way: half the rate
+    assert learning_rate(TrainConfig(lr=0.01, lr_schedule="constant"), 3) == 0.01

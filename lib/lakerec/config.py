@@ -117,22 +117,31 @@ class TrainConfig:
     # mf: id embeddings (measured best here, BENCHMARKS.md "Quality"); two_tower: ids + side
     # features (genres, year, popularity, text embedding), which also scores cold items.
     model: Literal["mf", "two_tower"] = "mf"
-    dim: int = 64
+    # softmax: full softmax over the catalogue; bpr: one sampled negative per positive (cheaper per
+    # step on very large catalogues, measured weaker on MovieLens).
+    loss: Literal["softmax", "bpr"] = "softmax"
+    dim: int = 256
     hidden: int = 256  # two_tower: item tower hidden width
     id_dropout: float = 0.2  # two_tower: share of examples trained on the content path alone
-    epochs: int = 40
+    epochs: int = 15
     batch_size: int = 512  # per rank
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    l2: float = 0.01
+    lr: float = 0.003
+    # cosine: the learning rate decays to 0 over train.epochs (set from the epoch number, so resume
+    # continues the same schedule); constant: train.lr throughout.
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 1e-4
+    l2: float = 0.01  # bpr only: L2 on the embeddings in each step
     seed: int = 42
     num_processes: int = 2
     # none: the train job only writes models/<version>/inputs.json; run torchrun yourself.
     launcher: Literal["torch_distributor", "torchrun", "none"] = "torch_distributor"
     reader_workers: int = 2
-    shuffle_buffer: int = 0
+    shuffle_buffer: int = 100_000  # rows mixed across row groups: examples are stored sorted by user
     # Continue from the newest checkpoint of the same inputs (models/<version>/checkpoints/) if any.
     resume: bool = True
+    # A failed worker group (a rank crashed or lost its peer) is started again this many times;
+    # with resume it continues from the last checkpoint, so a restart costs at most one epoch.
+    max_restarts: int = 2
     # Where the worker's file list comes from: delta_log (the version's active files, no copy) or
     # spark_converter (Petastorm's make_spark_converter materialises the version into petastorm_cache_dir).
     data_path: Literal["delta_log", "spark_converter"] = "delta_log"
@@ -322,6 +331,7 @@ def _check_semantics(cfg: Config) -> None:
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),
+        ("train.max_restarts", cfg.train.max_restarts >= 0, "must be >= 0"),
         ("score.top_n", cfg.score.top_n >= 1, "must be >= 1"),
         ("score.block_size", cfg.score.block_size >= 1, "must be >= 1"),
         ("score.threads_per_worker", cfg.score.threads_per_worker >= 1, "must be >= 1"),

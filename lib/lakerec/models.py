@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ class MatrixFactorization(nn.Module):
         nn.init.normal_(self.item.weight, std=0.05)
         nn.init.zeros_(self.item_bias.weight)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores for ``items`` of shape (batch, m) given ``users`` of shape (batch,)."""
+    def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores for ``items`` of shape (batch, m), or for the whole catalogue when ``items`` is None."""
+        if items is None:
+            return self.user(users) @ self.item.weight.T + self.item_bias.weight[:, 0]
         u = self.user(users).unsqueeze(1)
         return (u * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
@@ -63,8 +66,11 @@ class TwoTower(MatrixFactorization):
             ids = ids * use_ids[items].unsqueeze(-1)
         return ids + self.item_mlp(self.item_side[items])
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores for ``items`` of shape (batch, m) given ``users`` of shape (batch,)."""
+    def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores for ``items`` of shape (batch, m), or for the whole catalogue when ``items`` is None."""
+        if items is None:
+            catalogue = torch.arange(self.item.num_embeddings, device=users.device)
+            return self.user_vectors(users) @ self.item_vectors(catalogue).T + self.item_bias.weight[:, 0]
         u = self.user_vectors(users).unsqueeze(1)
         return (u * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
@@ -79,6 +85,15 @@ def bpr_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor, neg: torc
     core = model.module if hasattr(model, "module") else model
     reg = core.user(users).pow(2).sum(-1) + core.item(pos).pow(2).sum(-1) + core.item(neg).pow(2).sum(-1)
     return loss + l2 * reg.mean()
+
+
+def softmax_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the positive item against the whole catalogue (full softmax).
+
+    Every item is a negative in every step, so no sampling noise; measured well above BPR on
+    MovieLens (BENCHMARKS.md "Quality"). Costs batch x catalogue scores per step.
+    """
+    return F.cross_entropy(model(users), pos)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.data import ShortEpochError, count_rows, iterate_batches
 from lakerec import validation
-from lakerec.models import FactorModel, MatrixFactorization, TwoTower, bpr_loss
+from lakerec.models import FactorModel, MatrixFactorization, TwoTower, bpr_loss, softmax_loss
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -57,7 +58,8 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINTS_KEPT = 2
 TRAIN_COLUMNS = ["user_idx", "item_idx"]
 # Config keys that may change between a run and its resumption without invalidating checkpoints.
-_RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes"}
+RESTARTS_ENV = "LAKEREC_TRAIN_RESTARTS"  # how many times launch() restarted this worker group
+_RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes", "max_restarts"}
 
 
 @dataclass
@@ -124,6 +126,13 @@ def _load_checkpoint(model_dir: Path, fingerprint: str, device: torch.device) ->
         log.warning("ignoring %s: it was trained on other inputs, config or world size", paths[-1])
         return None
     return state
+
+
+def learning_rate(tc: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch``: a function of the epoch alone, so a resumed run matches."""
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    return tc.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / tc.epochs))
 
 
 def _autocast(device: torch.device) -> AbstractContextManager:
@@ -235,6 +244,8 @@ def train_worker(inputs_path: str) -> None:
     progress = tqdm(range(start_epoch, tc.epochs), desc="train", initial=start_epoch, total=tc.epochs,
                     disable=rank != 0)
     for epoch in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(tc, epoch)
         rows, loss_sum = 0, 0.0
         batches = iterate_batches(
             inputs.files, tc.batch_size, TRAIN_COLUMNS, rank, world_size,
@@ -248,7 +259,7 @@ def train_worker(inputs_path: str) -> None:
                 pos = batch["item_idx"].long().to(device)
                 neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
             with _autocast(device):
-                loss = bpr_loss(ddp, users, pos, neg, tc.l2)
+                loss = softmax_loss(ddp, users, pos) if tc.loss == "softmax" else bpr_loss(ddp, users, pos, neg, tc.l2)
             optimizer.zero_grad(set_to_none=True)
             (loss if batch is not None else loss * 0.0).backward()
             optimizer.step()
@@ -314,6 +325,7 @@ def train_worker(inputs_path: str) -> None:
             "final_loss": history[-1]["loss"],
             "best": best,
             "resumed_from_epoch": start_epoch if state is not None else None,
+            "restarts": int(os.environ.get(RESTARTS_ENV, 0)),
             "train_seconds": round(time.time() - started, 2),
             "weights_sha256": digests[0],
             "rank_weights_sha256": digests,
@@ -379,17 +391,33 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
 
 
 def launch(cfg: Config, inputs_path: Path) -> None:
-    """Run ``train_worker`` on ``train.num_processes`` ranks of this node with the configured launcher."""
-    n = cfg.train.num_processes
-    if cfg.train.launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "lakerec.train", "--inputs", str(inputs_path)]
-        subprocess.run(cmd, check=True)
-    else:
-        from pyspark.ml.torch.distributor import TorchDistributor
+    """Run ``train_worker`` on ``train.num_processes`` ranks of this node with the configured launcher.
 
-        use_gpu = torch.cuda.is_available()
-        TorchDistributor(num_processes=n, local_mode=True, use_gpu=use_gpu).run(train_worker, str(inputs_path))
+    A failed worker group is started again, fresh, up to ``train.max_restarts`` times; it resumes
+    from its last checkpoint. torchrun's own ``--max-restarts`` is not used: its restarted gloo
+    ranks could hang connecting to each other (seen here under load), a fresh torchrun does not.
+    """
+    n, restarts = cfg.train.num_processes, cfg.train.max_restarts
+    for attempt in range(restarts + 1):
+        os.environ[RESTARTS_ENV] = str(attempt)  # recorded in meta.json by rank 0
+        try:
+            if cfg.train.launcher == "torchrun":
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                       "-m", "lakerec.train", "--inputs", str(inputs_path)]
+                subprocess.run(cmd, check=True)
+            else:
+                from pyspark.ml.torch.distributor import TorchDistributor
+
+                TorchDistributor(num_processes=n, local_mode=True, use_gpu=torch.cuda.is_available()).run(
+                    train_worker, str(inputs_path))
+            return
+        except Exception:
+            if attempt == restarts:
+                raise
+            log.warning("training attempt %d of %d failed; starting again from the last checkpoint",
+                        attempt + 1, restarts + 1, exc_info=True)
+        finally:
+            os.environ.pop(RESTARTS_ENV, None)
 
 
 def latest_model_dir(cfg: Config) -> Path:
