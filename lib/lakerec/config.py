@@ -122,7 +122,7 @@ class TrainConfig:
     loss: Literal["softmax", "bpr"] = "softmax"
     dim: int = 256
     hidden: int = 256  # two_tower: item tower hidden width
-    id_dropout: float = 0.2  # two_tower: share of examples trained on the content path alone
+    id_dropout: float = 0.2  # two_tower: share of items scored by the content path alone in each step
     epochs: int = 15
     batch_size: int = 512  # per rank
     lr: float = 0.003

@@ -40,8 +40,8 @@ class TwoTower(MatrixFactorization):
 
     User tower: id embedding + linear(user features, e.g. genre affinity). Item tower: id
     embedding + MLP(genre multi-hot, year, text embedding). During training the item id embedding
-    is dropped for a share of examples, so the content path alone ranks well: items with no
-    interactions (cold start) are scored from their content.
+    is dropped for a share of the items scored in each step, so the content path alone ranks well:
+    items with no interactions (cold start) are scored from their content.
     """
 
     def __init__(
