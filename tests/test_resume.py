@@ -180,7 +180,8 @@ def test_training_twice_with_the_same_seed_gives_identical_weights(example_files
         monkeypatch.delenv(key, raising=False)
     digests = {}
     for name, seed in (("first", 5), ("second", 5), ("other_seed", 6)):
-        train_worker(str(write_inputs(tmp_path / name, example_files, epochs=2, batch_size=1024, seed=seed)))
+        train_worker(str(write_inputs(tmp_path / name, example_files, epochs=2, batch_size=1024, seed=seed,
+                                      softmax_negatives=200)))  # 800 items: the sampled softmax
         digests[name] = meta(tmp_path / name)["weights_sha256"]
     assert digests["first"] == digests["second"]
     assert digests["other_seed"] != digests["first"]

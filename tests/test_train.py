@@ -68,8 +68,10 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
         assert all(np.allclose(factors.item_factors[a], factors.item_factors[b]) for a, b in twins)
 
 
-def test_full_softmax_scores_the_whole_catalogue_for_both_models():
-    """``model(users)`` equals scoring every item explicitly, and the loss is the catalogue cross-entropy."""
+def test_full_and_sampled_softmax_for_both_models():
+    """``model(users)`` scores every item; the full and the sampled softmax against hand-made logits."""
+    import math
+
     import torch
 
     from lakerec.models import MatrixFactorization, TwoTower, softmax_loss
@@ -81,8 +83,16 @@ def test_full_softmax_scores_the_whole_catalogue_for_both_models():
         scores = model(users)
         assert scores.shape == (3, 7)
         assert torch.allclose(scores, model(users, catalogue), atol=1e-6)
+        assert torch.allclose(model(users, torch.tensor([6, 2])), scores[:, [6, 2]], atol=1e-6)
         expected = -(scores.log_softmax(-1)[torch.arange(3), pos]).mean()
         assert torch.isclose(softmax_loss(model, users, pos), expected)
+        # Sampling every item once is the full softmax: the correction is log(7/7) = 0 and each
+        # positive's own draw is masked, so it is counted once.
+        assert torch.isclose(softmax_loss(model, users, pos, torch.arange(7), 7), expected, atol=1e-6)
+        # Fewer draws: the negatives' logits are raised by log(n_items / draws).
+        draws = torch.tensor([2, 4])
+        logits = torch.cat([scores[torch.arange(3), pos][:, None], scores[:, draws] + math.log(7 / 2)], 1)
+        assert torch.isclose(softmax_loss(model, users, pos, draws, 7), -logits.log_softmax(-1)[:, 0].mean())
 
 
 def test_cosine_learning_rate_decays_from_lr_by_epoch_alone():

@@ -120,6 +120,9 @@ class TrainConfig:
     # softmax: full softmax over the catalogue; bpr: one sampled negative per positive (cheaper per
     # step on very large catalogues, measured weaker on MovieLens).
     loss: Literal["softmax", "bpr"] = "softmax"
+    # softmax over catalogues larger than this: this many uniform negatives shared by a batch
+    # (sampled softmax); the full catalogue up to it. 0: always the full catalogue.
+    softmax_negatives: int = 16384
     dim: int = 256
     hidden: int = 256  # two_tower: item tower hidden width
     id_dropout: float = 0.2  # two_tower: share of items scored by the content path alone in each step
@@ -332,6 +335,7 @@ def _check_semantics(cfg: Config) -> None:
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),
         ("train.max_restarts", cfg.train.max_restarts >= 0, "must be >= 0"),
+        ("train.softmax_negatives", cfg.train.softmax_negatives >= 0, "must be >= 0"),
         ("score.top_n", cfg.score.top_n >= 1, "must be >= 1"),
         ("score.block_size", cfg.score.block_size >= 1, "must be >= 1"),
         ("score.threads_per_worker", cfg.score.threads_per_worker >= 1, "must be >= 1"),

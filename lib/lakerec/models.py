@@ -5,6 +5,7 @@ popularity, ALS) is a :class:`FactorModel`, so one blocked top-N scorer serves t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,9 +29,11 @@ class MatrixFactorization(nn.Module):
         nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scores for ``items`` of shape (batch, m), or for the whole catalogue when ``items`` is None."""
+        """Scores (batch, m): per-row ``items`` (batch, m), shared ``items`` (m,), or all items (None)."""
         if items is None:
             return self.user(users) @ self.item.weight.T + self.item_bias.weight[:, 0]
+        if items.dim() == 1:
+            return self.user(users) @ self.item(items).T + self.item_bias(items)[:, 0]
         u = self.user(users).unsqueeze(1)
         return (u * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
@@ -67,10 +70,10 @@ class TwoTower(MatrixFactorization):
         return ids + self.item_mlp(self.item_side[items])
 
     def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scores for ``items`` of shape (batch, m), or for the whole catalogue when ``items`` is None."""
-        if items is None:
-            catalogue = torch.arange(self.item.num_embeddings, device=users.device)
-            return self.user_vectors(users) @ self.item_vectors(catalogue).T + self.item_bias.weight[:, 0]
+        """Scores (batch, m): per-row ``items`` (batch, m), shared ``items`` (m,), or all items (None)."""
+        if items is None or items.dim() == 1:
+            shared = torch.arange(self.item.num_embeddings, device=users.device) if items is None else items
+            return self.user_vectors(users) @ self.item_vectors(shared).T + self.item_bias(shared)[:, 0]
         u = self.user_vectors(users).unsqueeze(1)
         return (u * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
@@ -87,13 +90,26 @@ def bpr_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor, neg: torc
     return loss + l2 * reg.mean()
 
 
-def softmax_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the positive item against the whole catalogue (full softmax).
+def softmax_loss(
+    model: nn.Module, users: torch.Tensor, pos: torch.Tensor, negatives: Optional[torch.Tensor] = None, n_items: int = 0,
+) -> torch.Tensor:
+    """Cross-entropy of each positive item against the catalogue.
 
-    Every item is a negative in every step, so no sampling noise; measured well above BPR on
-    MovieLens (BENCHMARKS.md "Quality"). Costs batch x catalogue scores per step.
+    Without ``negatives``: the full softmax, every item a negative in every step (batch x catalogue
+    scores). With ``negatives`` (m uniform item draws shared by the batch): the sampled softmax,
+    negative logits raised by log(n_items / m) so the loss estimates the full one; a draw equal to
+    the row's positive is masked. One forward call either way, as DDP needs.
     """
-    return F.cross_entropy(model(users), pos)
+    if negatives is None:
+        return F.cross_entropy(model(users), pos)
+    batch = len(pos)
+    scores = model(users, torch.cat([pos, negatives]))
+    own = torch.eye(batch, dtype=torch.bool, device=scores.device)
+    positives = scores[:, :batch].masked_fill(~own, float("-inf"))  # only the row's own positive
+    sampled = scores[:, batch:] + math.log(n_items / len(negatives))
+    sampled = sampled.masked_fill(negatives.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))
+    target = torch.arange(batch, device=scores.device)
+    return F.cross_entropy(torch.cat([positives, sampled], dim=1), target)
 
 
 @dataclass

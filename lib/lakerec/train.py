@@ -240,6 +240,7 @@ def train_worker(inputs_path: str) -> None:
     # Side-feature buffers never change: do not re-broadcast them on every forward.
     ddp = DistributedDataParallel(model, broadcast_buffers=False) if distributed else model
 
+    sampled = 0 < tc.softmax_negatives < inputs.n_items
     started = time.time()
     progress = tqdm(range(start_epoch, tc.epochs), desc="train", initial=start_epoch, total=tc.epochs,
                     disable=rank != 0)
@@ -253,13 +254,19 @@ def train_worker(inputs_path: str) -> None:
         )
         for batch in _in_lockstep(batches, distributed, device):
             if batch is None:  # this rank's shard is done: contribute a zero gradient
-                users = pos = neg = torch.zeros(1, dtype=torch.long, device=device)
+                users = pos = torch.zeros(1, dtype=torch.long, device=device)
             else:
                 users = batch["user_idx"].long().to(device)
                 pos = batch["item_idx"].long().to(device)
-                neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
             with _autocast(device):
-                loss = softmax_loss(ddp, users, pos) if tc.loss == "softmax" else bpr_loss(ddp, users, pos, neg, tc.l2)
+                if tc.loss == "bpr":
+                    neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
+                    loss = bpr_loss(ddp, users, pos, neg, tc.l2)
+                elif sampled:
+                    shared = torch.randint(0, inputs.n_items, (tc.softmax_negatives,), generator=negatives).to(device)
+                    loss = softmax_loss(ddp, users, pos, shared, inputs.n_items)
+                else:
+                    loss = softmax_loss(ddp, users, pos)
             optimizer.zero_grad(set_to_none=True)
             (loss if batch is not None else loss * 0.0).backward()
             optimizer.step()
