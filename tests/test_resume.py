@@ -77,7 +77,9 @@ def kill_after_first_checkpoint(running, model_dir: Path, processes) -> int:
         time.sleep(0.05)
     assert running(), "training ended before it could be killed: make epochs longer"
     time.sleep(0.2)  # into the next epoch
-    for process in processes():
+    targets = processes()
+    assert targets, "found no training process to kill"
+    for process in targets:
         process.send_signal(signal.SIGKILL)
     killed_after = int(checkpoint_paths(model_dir)[-1].stem.split("-")[1])
     assert killed_after < EPOCHS - 1
@@ -161,8 +163,14 @@ def test_launch_restarts_a_crashed_worker_group_from_its_checkpoint(reference_ru
     launched.start()
 
     def one_rank() -> list[psutil.Process]:
-        ranks = [p for p in psutil.Process().children(recursive=True) if str(inputs_path) in " ".join(p.cmdline())
-                 and "torch.distributed.run" not in p.cmdline()]
+        ranks = []
+        for process in psutil.Process().children(recursive=True):
+            try:
+                cmdline = process.cmdline()
+            except psutil.Error:  # zombies of earlier tests' subprocesses, or gone meanwhile
+                continue
+            if str(inputs_path) in cmdline and "torch.distributed.run" not in cmdline:
+                ranks.append(process)
         return ranks[-1:]
 
     killed_after = kill_after_first_checkpoint(launched.is_alive, model_dir, one_rank)
