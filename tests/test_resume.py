@@ -146,7 +146,8 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(reference_run,
         proc.wait()
     assert not (model_dir / META_FILE).exists()
 
-    subprocess.run(torchrun(inputs_path), check=True, capture_output=True)
+    # The rerun goes through launch (torchrun, restarts allowed), as the train job would do it.
+    launch(load_config("local", overrides=[f"models_dir={tmp_path}", "train.launcher=torchrun"]), inputs_path)
 
     resumed, reference = meta(model_dir), meta(reference_run)
     assert resumed["resumed_from_epoch"] == killed_after + 1
