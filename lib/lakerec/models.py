@@ -104,12 +104,11 @@ def softmax_loss(
         return F.cross_entropy(model(users), pos)
     batch = len(pos)
     scores = model(users, torch.cat([pos, negatives]))
-    own = torch.eye(batch, dtype=torch.bool, device=scores.device)
-    positives = scores[:, :batch].masked_fill(~own, float("-inf"))  # only the row's own positive
+    positive = scores[:, :batch].diagonal().unsqueeze(1)  # row r's own positive is column r
     sampled = scores[:, batch:] + math.log(n_items / len(negatives))
     sampled = sampled.masked_fill(negatives.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))
-    target = torch.arange(batch, device=scores.device)
-    return F.cross_entropy(torch.cat([positives, sampled], dim=1), target)
+    target = torch.zeros(batch, dtype=torch.long, device=scores.device)
+    return F.cross_entropy(torch.cat([positive, sampled], dim=1), target)
 
 
 @dataclass
