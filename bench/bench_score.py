@@ -46,8 +46,10 @@ _RECS_SCHEMA = StructType([
     StructField("rank", IntegerType(), False), StructField("item_idx", IntegerType(), False),
     StructField("score", FloatType(), False),
 ])
-LAKEREC_RECS = tables.Table("bench", "recs_lakerec", _RECS_SCHEMA, partition_by=("ds",))
-ALS_RECS = tables.Table("bench", "recs_als", _RECS_SCHEMA, partition_by=("ds",))
+# Both sides write like serving.recommendations: file statistics on the user column only.
+_RECS_PROPERTIES = (("delta.dataSkippingStatsColumns", "user_idx"),)
+LAKEREC_RECS = tables.Table("bench", "recs_lakerec", _RECS_SCHEMA, partition_by=("ds",), properties=_RECS_PROPERTIES)
+ALS_RECS = tables.Table("bench", "recs_als", _RECS_SCHEMA, partition_by=("ds",), properties=_RECS_PROPERTIES)
 
 
 def machine() -> dict:

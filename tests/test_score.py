@@ -1,6 +1,8 @@
 """Scoring: blocked top-N equals a full sort, seen items masked, reruns idempotent, gate blocks bad output."""
 import dataclasses
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +94,20 @@ def test_rerun_of_same_ds_leaves_identical_rows(spark, pipeline_run):
     after = sorted(tuple(r) for r in _recs(spark, cfg).collect())
     assert after == before
     assert tables.read(spark, cfg, tables.RECOMMENDATIONS).count() == len(before)
+
+
+def _file_stats(cfg, table) -> list[dict]:
+    """The statistics of every file a table's Delta log has added."""
+    log = Path(table.path(cfg)) / "_delta_log"
+    actions = [json.loads(line) for f in sorted(log.glob("*.json")) for line in f.read_text().splitlines()]
+    return [json.loads(a["add"]["stats"]) for a in actions if "add" in a and a["add"].get("stats")]
+
+
+def test_recommendation_files_carry_statistics_only_where_reads_use_them(spark, pipeline_run):
+    cfg, _ = pipeline_run
+    serving = _file_stats(cfg, tables.RECOMMENDATIONS)
+    assert serving and all(set(s["minValues"]) == {"user_key"} for s in serving)
+    assert all("minValues" not in s for s in _file_stats(cfg, tables.STAGING_RECOMMENDATIONS))
 
 
 def test_cold_users_get_the_popularity_fallback(spark, pipeline_run):

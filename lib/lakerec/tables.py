@@ -35,6 +35,7 @@ class Table:
     schema: StructType
     partition_by: tuple[str, ...] = ()
     key: tuple[str, ...] = ()
+    properties: tuple[tuple[str, str], ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -185,11 +186,15 @@ STAGING_RECOMMENDATIONS = Table(
         ("model_version", StringType(), False),
         ("reason", StringType(), False),
     ),
+    # Read once, whole, by the publish gate: file statistics would only slow the write.
+    properties=(("delta.dataSkippingNumIndexedCols", "0"),),
 )
 
 RECOMMENDATIONS = Table(
     "serving", "recommendations", STAGING_RECOMMENDATIONS.schema,
     partition_by=("ds",), key=("ds", "user_key", "rank"),
+    # Lookups are by user: statistics on user_key alone let them skip files; the others cost write time.
+    properties=(("delta.dataSkippingStatsColumns", "user_key"),),
 )
 
 METRICS = Table(
@@ -236,7 +241,28 @@ def version(spark: SparkSession, cfg: Config, table: Table) -> int:
     return DeltaTable.forPath(spark, table.path(cfg)).history(1).select("version").first()[0]
 
 
-def _writer(df: DataFrame, table: Table):
+def _apply_properties(spark: SparkSession, table: Table, path: str) -> None:
+    """Give ``table`` its declared Delta properties, which a DataFrame write cannot set: created empty
+    with them when new, altered once when an older warehouse lacks them."""
+    if not table.properties:
+        return
+    if not DeltaTable.isDeltaTable(spark, path):
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
+        if table.partition_by:
+            builder = builder.partitionedBy(*table.partition_by)
+        for key, value in table.properties:
+            builder = builder.property(key, value)
+        builder.execute()
+        return
+    current = DeltaTable.forPath(spark, path).detail().first()["properties"]
+    missing = [(k, v) for k, v in table.properties if current.get(k) != v]
+    if missing:
+        assignments = ", ".join(f"'{k}' = '{v}'" for k, v in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})")
+
+
+def _writer(df: DataFrame, cfg: Config, table: Table):
+    _apply_properties(df.sparkSession, table, table.path(cfg))
     writer = conform(df, table).write.format("delta")
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
@@ -245,16 +271,16 @@ def _writer(df: DataFrame, table: Table):
 
 def overwrite(df: DataFrame, cfg: Config, table: Table) -> None:
     """Replace the whole table in one atomic commit."""
-    _writer(df, table).mode("overwrite").save(table.path(cfg))
+    _writer(df, cfg, table).mode("overwrite").save(table.path(cfg))
 
 
 def replace_where(df: DataFrame, cfg: Config, table: Table, predicate: str) -> None:
     """Atomically replace the rows matching ``predicate`` (e.g. one ``ds``): reruns never duplicate."""
-    _writer(df, table).mode("overwrite").option("replaceWhere", predicate).save(table.path(cfg))
+    _writer(df, cfg, table).mode("overwrite").option("replaceWhere", predicate).save(table.path(cfg))
 
 
 def append(df: DataFrame, cfg: Config, table: Table) -> None:
-    _writer(df, table).mode("append").save(table.path(cfg))
+    _writer(df, cfg, table).mode("append").save(table.path(cfg))
 
 
 def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, update: bool = False) -> int:
@@ -266,7 +292,7 @@ def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, 
         df = conform(df, table)
         df.cache()
         count = df.count()
-        _writer(df, table).mode("errorifexists").save(table.path(cfg))
+        _writer(df, cfg, table).mode("append").save(table.path(cfg))
         df.unpersist()
         return count
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.key)
