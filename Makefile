@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(PY) -e '.[dev,text]'
+	$(VENV)/bin/uv pip install --python $(PY) -e '.[dev,text,mlflow]'
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps petastorm==0.13.1
 	touch $(STAMP)
 

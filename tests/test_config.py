@@ -54,3 +54,12 @@ def test_bad_ds_is_rejected():
     with pytest.raises(SystemExit):
         parse_args("x", ["--ds", "25/11/2026"])
     assert parse_args("x", ["--ds", "2026-11-25"]).ds == "2026-11-25"
+
+
+def test_mlflow_tracking_without_the_package_fails_naming_the_key(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: find_spec answers None
+    with pytest.raises(ConfigError, match=re.escape("'train.mlflow'") + ".*lakerec\\[mlflow\\]"):
+        load_config("local", overrides=["train.mlflow=true"])
+    assert load_config("local").train.mlflow is False

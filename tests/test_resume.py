@@ -110,6 +110,7 @@ def test_torchrun_launcher_trains_two_gloo_ranks_on_disjoint_complete_shards(ref
         assert sum(epoch["rank_rows"]) == epoch["rows"] == total
     assert m["history"][-1]["loss"] < m["history"][0]["loss"]
     assert m["restarts"] > 0 or m["resumed_from_epoch"] is None  # a fresh run resumes only after a restart
+    assert m["mlflow_run_id"] is None  # tracking is off by default
     assert (reference_run.parent / "LATEST").read_text() == reference_run.name
 
 
@@ -206,4 +207,34 @@ def test_a_checkpoint_of_other_inputs_is_not_resumed(example_files, tmp_path, mo
     assert len(meta(model_dir)["history"]) == 2
     train_worker(str(write_inputs(model_dir, example_files, epochs=3, batch_size=1024, lr=0.05)))
     assert meta(model_dir)["resumed_from_epoch"] == 2  # more epochs on the same inputs: continues
+
+
+
+def test_mlflow_tracks_params_epochs_and_model_files_and_a_resumed_run_continues_its_run(
+        example_files, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from lakerec.tracking import tracking_uri
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    store = tmp_path / "mlruns"
+    model_dir = tmp_path / "mf-tracked"
+    tracked = {"batch_size": 1024, "mlflow": True, "mlflow_tracking_uri": str(store), "mlflow_experiment": "test"}
+    train_worker(str(write_inputs(model_dir, example_files, epochs=2, **tracked)))
+    first = meta(model_dir)["mlflow_run_id"]
+    train_worker(str(write_inputs(model_dir, example_files, epochs=3, **tracked)))  # resumes epoch 2
+
+    assert meta(model_dir)["mlflow_run_id"] == first
+    client = MlflowClient(tracking_uri(str(store)))
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dim"] == str(TRAIN["dim"]) and run.data.params["n_items"] == str(N_ITEMS)
+    losses = client.get_metric_history(first, "loss")
+    assert sorted(m.step for m in losses) == [0, 1, 2]
+    assert [m.value for m in sorted(losses, key=lambda m: m.step)] == [h["loss"] for h in meta(model_dir)["history"]]
+    assert {a.path for a in client.list_artifacts(first, "model")} >= {"model/model.pt", "model/factors.npz",
+                                                                       "model/meta.json"}
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("factors.npz"))
 

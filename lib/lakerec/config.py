@@ -6,6 +6,7 @@ an unknown key, a wrong type or a missing input path fails fast with a message n
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import types
 import typing
@@ -153,6 +154,10 @@ class TrainConfig:
     # many epochs without improvement and keep the best epoch's weights.
     patience: int = 3
     validation_users: int = 2000  # users sampled for the per-epoch validation ranking
+    # MLflow tracking by rank 0 (needs the mlflow extra): params, per-epoch metrics, model files.
+    mlflow: bool = False
+    mlflow_tracking_uri: str = "mlruns"  # a local folder (file store) or any MLflow tracking URI
+    mlflow_experiment: str = "lakerec"
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,9 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("config key 'source.interactions.user' / 'source.interactions.item' must name columns")
     if _local_path_missing(cfg.source.path):
         raise ConfigError(f"config key 'source.path': input path does not exist: {resolve_path(cfg.source.path)}")
+    if cfg.train.mlflow and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("config key 'train.mlflow' is true but the mlflow package is not installed: "
+                          "pip install 'lakerec[mlflow]'")
     for i, jar in enumerate(cfg.spark.delta_jars):
         if _local_path_missing(jar):
             raise ConfigError(f"config key 'spark.delta_jars[{i}]': jar not found: {jar}")

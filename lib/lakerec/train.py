@@ -40,6 +40,7 @@ from tqdm import tqdm
 from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.data import ShortEpochError, count_rows, iterate_batches
 from lakerec import validation
+from lakerec.tracking import Tracker
 from lakerec.models import FactorModel, MatrixFactorization, TwoTower, bpr_loss, softmax_loss
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ CHECKPOINTS_KEPT = 2
 TRAIN_COLUMNS = ["user_idx", "item_idx"]
 # Config keys that may change between a run and its resumption without invalidating checkpoints.
 RESTARTS_ENV = "LAKEREC_TRAIN_RESTARTS"  # how many times launch() restarted this worker group
-_RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes", "max_restarts"}
+_RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes", "max_restarts",
+                   "mlflow", "mlflow_tracking_uri", "mlflow_experiment"}
 
 
 @dataclass
@@ -233,6 +235,11 @@ def train_worker(inputs_path: str) -> None:
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         if rank == 0:
             log.info("resuming %s after epoch %d", inputs.model_version, state["epoch"])
+    tracker = None
+    if rank == 0:
+        params = {**inputs.train, "model_version": inputs.model_version, "table_version": inputs.table_version,
+                  "n_users": inputs.n_users, "n_items": inputs.n_items, "world_size": world_size}
+        tracker = Tracker(tc, inputs.model_version, state.get("mlflow_run_id") if state else None, params)
     if distributed:
         dist.barrier()  # every rank has read the checkpoint before rank 0 clears stale ones
     if state is None and rank == 0:
@@ -302,7 +309,9 @@ def train_worker(inputs_path: str) -> None:
                 "negatives": [r["negatives"] for r in per_rank], "torch_rng": [r["torch_rng"] for r in per_rank],
                 "history": history, "best": best,
                 "train": inputs.train, "table_version": inputs.table_version, "fingerprint": fingerprint,
+                "mlflow_run_id": tracker.run_id,
             })
+            tracker.log_epoch(epoch, {k: history[-1][k] for k in ("loss", "val_ndcg") if k in history[-1]})
             progress.set_postfix(loss=f"{loss_epoch:.4f}")
             log.info("epoch %d: loss %.4f%s over %d rows, checkpoint %s", epoch, loss_epoch,
                      f", validation ndcg@10 {history[-1]['val_ndcg']:.4f}" if val is not None else "",
@@ -336,8 +345,11 @@ def train_worker(inputs_path: str) -> None:
             "train_seconds": round(time.time() - started, 2),
             "weights_sha256": digests[0],
             "rank_weights_sha256": digests,
+            "mlflow_run_id": tracker.run_id,
         }
         (model_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+        tracker.finish(model_dir, {"final_loss": meta["final_loss"], "train_seconds": meta["train_seconds"],
+                                   **({"best_val_ndcg": best["ndcg"]} if val is not None else {})})
         _publish_latest(model_dir)
     if distributed:
         dist.barrier()
