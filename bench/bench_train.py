@@ -7,13 +7,14 @@ files from the Delta log, then measures in this one process:
 
   (a) loader: make_batch_reader + BatchedDataLoader (thread pool, race-patched) as the trainer
       uses it, fresh reader per pass: rows/s per process;
-  (b) bound: pyarrow reading the same files and columns into numpy arrays: rows/s;
-  (c) training: ``train_worker`` (MF + BPR, one rank, CPU) for one epoch: examples/s.
+  (b) bound: pyarrow reading the same files and columns into numpy arrays, one file per thread on
+      as many threads as the loader has readers (``--workers``): rows/s;
+  (c) training: ``train_worker`` (the default model and loss, one rank, CPU) for one epoch: examples/s.
 
 (a) and (b) run ``--repeats`` interleaved passes each; the best pass counts (the machine is shared).
 The last line printed is ``loader_rows_per_s=X raw_rows_per_s=Y``.
 
-    python bench/bench_train.py [--scale 1.0] [--rows 5000000] [--train-rows 500000] [--repeats 10]
+    python bench/bench_train.py [--scale 1.0] [--rows 20000000] [--train-rows 500000] [--repeats 10]
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -84,15 +86,19 @@ def loader_pass(files: list[str], batch_size: int, workers: int, epoch: int) -> 
     return rows / (time.perf_counter() - started)
 
 
-def raw_pass(files: list[str]) -> float:
-    """The same files and columns read by pyarrow straight into numpy arrays, row group by row group: rows/s."""
-    started, rows = time.perf_counter(), 0
-    for f in files:
-        parquet = pq.ParquetFile(f.removeprefix("file:"))
+def raw_pass(files: list[str], workers: int) -> float:
+    """The same files and columns read by pyarrow straight into numpy arrays, row group by row group,
+    one file per thread on ``workers`` threads (the loader's reader count): rows/s."""
+    def read(f: str) -> int:
+        parquet, rows = pq.ParquetFile(f.removeprefix("file:")), 0
         for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=COLUMNS)
-            arrays = [table.column(c).to_numpy() for c in COLUMNS]
-            rows += len(arrays[0])
+            table = parquet.read_row_group(group, columns=COLUMNS, use_threads=False)
+            rows += len([table.column(c).to_numpy() for c in COLUMNS][0])
+        return rows
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        rows = sum(pool.map(read, files))
     return rows / (time.perf_counter() - started)
 
 
@@ -116,7 +122,7 @@ def train_pass(root: Path, files: list[str], version: int, n_users: int, n_items
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies --rows and --train-rows (0.1: quick run)")
-    parser.add_argument("--rows", type=int, default=5_000_000, help="training examples to write at scale 1")
+    parser.add_argument("--rows", type=int, default=20_000_000, help="training examples to write at scale 1")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--block-size", type=int, default=0,
@@ -147,11 +153,11 @@ def main() -> None:
         row_groups = sum(pq.ParquetFile(f.removeprefix("file:")).metadata.num_row_groups for f in files)
         log.info("wrote %d rows in %d files, %d row groups (%.0fs)", count_rows(files), len(files), row_groups,
                  time.time() - started)
-        raw_pass(files)  # warm the page cache for both measurements
+        raw_pass(files, args.workers)  # warm the page cache for both measurements
         loader, raw = [], []
         for epoch in range(args.repeats):  # interleaved: both see the same load on a shared machine
             loader.append(loader_pass(files, args.batch_size, args.workers, epoch))
-            raw.append(raw_pass(files))
+            raw.append(raw_pass(files, args.workers))
         sweep = {f"batch={b} workers={w}": max(loader_pass(files, b, w, e) for e in range(3))
                  for b in (2048, 8192, 65536) for w in (1, 2)}
         train_files, n = [], 0
@@ -169,7 +175,7 @@ def main() -> None:
                  "items": args.items, "parquet_block_size": args.block_size or "spark default"},
         "loader": {"batch_size": args.batch_size, "workers": args.workers, "best_rows_per_s": x,
                    "median_rows_per_s": statistics.median(loader)},
-        "raw": {"best_rows_per_s": y, "median_rows_per_s": statistics.median(raw)},
+        "raw": {"threads": args.workers, "best_rows_per_s": y, "median_rows_per_s": statistics.median(raw)},
         "loader_sweep_best_rows_per_s": sweep,
         "training": training,
     }
