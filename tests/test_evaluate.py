@@ -1,4 +1,5 @@
 """Metrics: Spark implementation vs pure-Python twins vs hand-computed values."""
+import json
 import math
 import random
 
@@ -127,6 +128,30 @@ def test_metrics_table_holds_model_and_baseline_rows(spark, pipeline_run):
     assert by_model["popularity"][("novelty", 10)] < min(by_model[m][("novelty", 10)] for m in ("als", "ease"))
     table = format_table(results["evaluate"])
     assert "ndcg@10" in table and "rmse" in table and "ease" in table.splitlines()[0]
+
+
+def test_model_rating_error_is_the_rating_head_on_the_test_ratings(spark, pipeline_run):
+    import numpy as np
+
+    from lakerec.features import TEST
+    from lakerec.models import FactorModel
+    from lakerec.train import FACTORS_FILE, META_FILE, RATING_HEAD_FILE, latest_model_dir
+
+    cfg, results = pipeline_run
+    model_dir = latest_model_dir(cfg)
+    history = json.loads((model_dir / META_FILE).read_text())["history"]
+    assert all(h["rating_rmse"] > 0 for h in history)
+    factors = FactorModel.load(model_dir / FACTORS_FILE)
+    with np.load(model_dir / RATING_HEAD_FILE) as head:
+        mean, user_bias, item_bias, weight = head["mean"], head["user_bias"], head["item_bias"], head["weight"]
+    test = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where(F.col("split") == TEST)
+            .select("user_idx", "item_idx", "rating").toPandas())
+    u, i = test["user_idx"].to_numpy(), test["item_idx"].to_numpy()
+    predicted = mean + user_bias[u] + item_bias[i] + (factors.user_factors[u] * weight * factors.item_factors[i]).sum(1)
+    errors = np.clip(predicted, cfg.source.rating_min, cfg.source.rating_max) - test["rating"].to_numpy()
+    model_rows = {r["metric"]: r["value"] for r in results["evaluate"] if r["model"] == "model" and r["k"] == 0}
+    assert model_rows == pytest.approx({"rmse": float(np.sqrt((errors ** 2).mean())), "mae": float(np.abs(errors).mean())},
+                                       rel=1e-5)
 
 
 def test_pipeline_writes_the_evaluation_report(pipeline_run):

@@ -104,3 +104,36 @@ def test_cosine_learning_rate_decays_from_lr_by_epoch_alone():
     assert rates[0] == 0.01 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
     assert abs(rates[2] - 0.005) < 1e-12  # half-way: half the rate
     assert learning_rate(TrainConfig(lr=0.01, lr_schedule="constant"), 3) == 0.01
+
+
+def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_cannot():
+    """Objective = ranking loss + weight x MSE over rated rows; trained, the head fits rating structure."""
+    import torch
+
+    from lakerec.models import MatrixFactorization, Objective, RatingHead, softmax_loss
+
+    torch.manual_seed(0)
+    n_users, n_items = 40, 30
+    model, head = MatrixFactorization(n_users, n_items, 8), RatingHead(n_users, n_items, 8, mean=3.0)
+    objective = Objective(model, head, rating_weight=0.5)
+    users, items = torch.arange(n_users).repeat_interleave(n_items), torch.arange(n_items).repeat(n_users)
+    taste = torch.randn(n_users, 2) @ torch.randn(2, n_items)  # a rank-2 pattern: biases cannot fit it
+    ratings = (3.0 + taste).flatten()
+    ratings[::7] = float("nan")  # unrated rows: ignored by the head
+
+    total, mse = objective(users, items, "softmax", ratings=ratings)
+    rated = ~ratings.isnan()
+    assert torch.isclose(mse, (3.0 - ratings[rated]).pow(2).mean())  # a fresh head predicts the mean
+    assert torch.isclose(total, softmax_loss(model, users, items) + 0.5 * mse)
+    assert torch.equal(objective(users, items, "softmax")[1], torch.tensor(0.0))  # no ratings, no head loss
+
+    optimizer = torch.optim.Adam(objective.parameters(), lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        objective(users, items, "softmax", ratings=ratings)[0].backward()
+        optimizer.step()
+    with torch.no_grad():
+        fitted = objective(users, items, "softmax", ratings=ratings)[1]
+    # The best user + item bias fit of the full matrix leaves the interaction part of the pattern.
+    interaction = taste - taste.mean(1, keepdim=True) - taste.mean(0, keepdim=True) + taste.mean()
+    assert fitted < 0.25 * interaction.pow(2).mean()

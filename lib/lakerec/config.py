@@ -135,6 +135,9 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = 1e-4
     l2: float = 0.01  # bpr only: L2 on the embeddings in each step
+    # Multi-task rating head (RMSE/MAE): total loss = ranking + rating_weight x rating MSE. Trains
+    # only when the examples carry every train rating (features.positive_threshold null); 0: off.
+    rating_weight: float = 0.3
     seed: int = 42
     num_processes: int = 2
     # none: the train job only writes models/<version>/inputs.json; run torchrun yourself.
@@ -341,6 +344,7 @@ def _check_semantics(cfg: Config) -> None:
         ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),
         ("train.max_restarts", cfg.train.max_restarts >= 0, "must be >= 0"),
         ("train.softmax_negatives", cfg.train.softmax_negatives >= 0, "must be >= 0"),
+        ("train.rating_weight", cfg.train.rating_weight >= 0, "must be >= 0"),
         ("score.top_n", cfg.score.top_n >= 1, "must be >= 1"),
         ("score.block_size", cfg.score.block_size >= 1, "must be >= 1"),
         ("score.threads_per_worker", cfg.score.threads_per_worker >= 1, "must be >= 1"),

@@ -13,16 +13,20 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Iterator, Optional
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakerec import baselines, tables
-from lakerec.config import Config
+from lakerec.config import Config, resolve_path
 from lakerec.features import TEST, TRAIN, VALIDATION
 from lakerec.models import FactorModel
 from lakerec.score import popularity_model, score_users, seen_items
+from lakerec.train import FACTORS_FILE, RATING_HEAD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +243,36 @@ def als_rating_errors(spark: SparkSession, cfg: Config) -> Optional[dict[str, fl
     return rating_errors(predictions)
 
 
+def model_rating_errors(spark: SparkSession, cfg: Config, model_dir: Path) -> Optional[dict[str, float]]:
+    """RMSE/MAE of the model's rating head on the test ratings; None when it has no head."""
+    head_path = model_dir / RATING_HEAD_FILE
+    if not head_path.is_file():
+        return None
+    factors = FactorModel.load(model_dir / FACTORS_FILE)
+    with np.load(head_path) as z:
+        head = {k: z[k] for k in ("mean", "user_bias", "item_bias", "weight")}
+    n_users, n_items = factors.user_factors.shape[0], factors.item_factors.shape[0]
+    test = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
+            .where((F.col("split") == TEST) & F.col("rating").isNotNull()
+                   & (F.col("user_idx") < n_users) & (F.col("item_idx") < n_items))
+            .select("user_idx", "item_idx", "rating"))
+    broadcast = spark.sparkContext.broadcast((factors, head))
+    low, high = cfg.source.rating_min, cfg.source.rating_max
+
+    def predict(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model, h = broadcast.value
+        for frame in frames:
+            u, i = frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy()
+            interaction = np.einsum("nd,nd->n", model.user_factors[u] * h["weight"], model.item_factors[i])
+            prediction = h["mean"] + h["user_bias"][u] + h["item_bias"][i] + interaction
+            yield pd.DataFrame({"prediction": np.clip(prediction, low, high), "rating": frame["rating"]})
+
+    predictions = test.mapInPandas(predict, "prediction double, rating double")
+    errors = rating_errors(predictions) if predictions.limit(1).count() else None
+    broadcast.destroy()
+    return errors
+
+
 def baseline_models(spark: SparkSession, cfg: Config, inputs: EvalInputs) -> dict[str, FactorModel]:
     """The configured ranking baselines, fitted on the train split, by name."""
     fitters = {
@@ -297,6 +331,8 @@ def run(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
         recs = recs.cache()
         values += [(name, m, k, v) for m, k, v in list_metrics(recs, inputs, ks)]
         recs.unpersist()
+    errors = model_rating_errors(spark, cfg, Path(resolve_path(cfg.models_dir)) / model_version)
+    values += [("model", m, 0, v) for m, v in (errors or {}).items()]
     if "als" in cfg.evaluate.baselines:
         errors = als_rating_errors(spark, cfg)
         values += [("als", m, 0, v) for m, v in (errors or {}).items()]

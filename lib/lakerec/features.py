@@ -164,8 +164,8 @@ def build_silver(bronze: DataFrame, users: DataFrame, items: DataFrame, fc: Feat
 
 
 def training_examples(silver: DataFrame) -> DataFrame:
-    """Positive train interactions, the rows the trainer streams through Petastorm."""
-    return silver.where((F.col("split") == TRAIN) & (F.col("label") > 0)).select("user_idx", "item_idx", "label")
+    """Positive train interactions with their rating, the rows the trainer streams through Petastorm."""
+    return silver.where((F.col("split") == TRAIN) & (F.col("label") > 0)).select("user_idx", "item_idx", "label", "rating")
 
 
 # ---------------------------------------------------------------- item and user features

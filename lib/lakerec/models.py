@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 
 class MatrixFactorization(nn.Module):
-    """User and item embeddings with an item bias, trained with the BPR ranking loss."""
+    """User and item embeddings with an item bias: score = user . item + item bias."""
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
         super().__init__()
@@ -27,6 +27,12 @@ class MatrixFactorization(nn.Module):
         nn.init.normal_(self.user.weight, std=0.05)
         nn.init.normal_(self.item.weight, std=0.05)
         nn.init.zeros_(self.item_bias.weight)
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user(users)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item(items)
 
     def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores (batch, m): per-row ``items`` (batch, m), shared ``items`` (m,), or all items (None)."""
@@ -76,6 +82,58 @@ class TwoTower(MatrixFactorization):
             return self.user_vectors(users) @ self.item_vectors(shared).T + self.item_bias(shared)[:, 0]
         u = self.user_vectors(users).unsqueeze(1)
         return (u * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+
+
+class RatingHead(nn.Module):
+    """Rating regression on the ranking model's vectors (multi-task): mean + b_u + b_i + sum_d w_d u_d v_d.
+
+    The ranking embeddings are shared; the head adds only biases and one weight per dimension,
+    which start at zero so the head begins as the biases model and does not disturb early ranking.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int, mean: float) -> None:
+        super().__init__()
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        interaction = (user_vecs * item_vecs * self.weight).sum(-1)
+        return self.mean + self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0] + interaction
+
+
+class Objective(nn.Module):
+    """The whole training loss in one forward call, which is what DDP wraps.
+
+    Ranking loss (softmax, sampled softmax or BPR) on every row, plus ``rating_weight`` x the mean
+    squared rating error of the head on the rows that carry a rating, when there is a head.
+    """
+
+    def __init__(self, model: MatrixFactorization, head: Optional[RatingHead], rating_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.rating_weight = rating_weight
+
+    def forward(
+        self, users: torch.Tensor, pos: torch.Tensor, loss: str, negatives: Optional[torch.Tensor] = None,
+        n_items: int = 0, l2: float = 0.0, ratings: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, rating MSE); the MSE is 0 without a head or ratings."""
+        if loss == "bpr":
+            ranking = bpr_loss(self.model, users, pos, negatives, l2)
+        else:
+            ranking = softmax_loss(self.model, users, pos, negatives, n_items)
+        mse = torch.zeros((), device=users.device)
+        if self.head is not None and ratings is not None:
+            rated = ~torch.isnan(ratings)
+            predicted = self.head(self.model.user_vectors(users), self.model.item_vectors(pos), users, pos)
+            errors = torch.where(rated, predicted - ratings, torch.zeros_like(predicted))
+            mse = errors.pow(2).sum() / rated.sum().clamp(min=1)
+        return ranking + self.rating_weight * mse, mse
 
 
 def bpr_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, l2: float) -> torch.Tensor:

@@ -116,6 +116,7 @@ TRAINING_EXAMPLES = Table(
         ("user_idx", IntegerType(), False),
         ("item_idx", IntegerType(), False),
         ("label", FloatType(), False),
+        ("rating", DoubleType(), True),  # for the multi-task rating head; null for implicit events
     ),
 )
 

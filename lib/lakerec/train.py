@@ -41,7 +41,7 @@ from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.data import ShortEpochError, count_rows, iterate_batches
 from lakerec import validation
 from lakerec.tracking import Tracker
-from lakerec.models import FactorModel, MatrixFactorization, TwoTower, bpr_loss, softmax_loss
+from lakerec.models import FactorModel, MatrixFactorization, Objective, RatingHead, TwoTower
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -53,6 +53,7 @@ INPUTS_FILE = "inputs.json"
 META_FILE = "meta.json"
 LATEST_FILE = "LATEST"
 SIDE_FEATURES_FILE = "side_features.npz"
+RATING_HEAD_FILE = "rating_head.npz"
 VALIDATION_FILE = "validation.npz"
 BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
@@ -79,6 +80,7 @@ class TrainInputs:
     train: dict[str, Any]
     side_features: Optional[str] = None  # two_tower: npz of user_side, item_side, trained_items
     validation: Optional[str] = None  # npz for early stopping; None without a validation split
+    rating_mean: Optional[float] = None  # mean training rating: set when the rating head trains
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -184,6 +186,21 @@ def build_model(inputs: TrainInputs, tc: TrainConfig) -> torch.nn.Module:
     return TwoTower(inputs.n_users, inputs.n_items, tc.dim, user_side, item_side, tc.hidden, tc.id_dropout)
 
 
+def build_rating_head(inputs: TrainInputs, tc: TrainConfig) -> Optional[RatingHead]:
+    """The multi-task rating head, when configured and the examples carry ratings."""
+    if tc.rating_weight <= 0 or inputs.rating_mean is None:
+        return None
+    return RatingHead(inputs.n_users, inputs.n_items, tc.dim, inputs.rating_mean)
+
+
+def export_rating_head(head: RatingHead, path: Path) -> None:
+    """Save the head beside factors.npz: rating = mean + user_bias[u] + item_bias[i] + sum(U[u] * V[i] * weight)."""
+    np.savez(path, mean=np.float32(head.mean.item()),
+             user_bias=head.user_bias.weight.detach().cpu().float().numpy()[:, 0],
+             item_bias=head.item_bias.weight.detach().cpu().float().numpy()[:, 0],
+             weight=head.weight.detach().cpu().float().numpy())
+
+
 def export_factors(model: torch.nn.Module, inputs: TrainInputs) -> FactorModel:
     """The trained model in the scorer's factor form (two_tower: cold items keep content only)."""
     if not isinstance(model, TwoTower):
@@ -220,7 +237,10 @@ def train_worker(inputs_path: str) -> None:
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(inputs, tc).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    head = build_rating_head(inputs, tc)
+    objective = Objective(model, head, tc.rating_weight).to(device)
+    columns = TRAIN_COLUMNS + (["rating"] if head is not None else [])
+    optimizer = torch.optim.Adam(objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     negatives = torch.Generator().manual_seed(tc.seed * 1009 + rank)
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, {"loss": float("inf"), "ndcg": -1.0, "epoch": -1}
@@ -229,6 +249,8 @@ def train_worker(inputs_path: str) -> None:
     state = _load_checkpoint(model_dir, fingerprint, device) if tc.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
+        if head is not None:
+            head.load_state_dict(state["rating_head"])
         optimizer.load_state_dict(state["optimizer"])
         negatives.set_state(state["negatives"][rank])
         torch.set_rng_state(state["torch_rng"][rank])
@@ -245,7 +267,7 @@ def train_worker(inputs_path: str) -> None:
     if state is None and rank == 0:
         shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
     # Side-feature buffers never change: do not re-broadcast them on every forward.
-    ddp = DistributedDataParallel(model, broadcast_buffers=False) if distributed else model
+    ddp = DistributedDataParallel(objective, broadcast_buffers=False) if distributed else objective
 
     sampled = 0 < tc.softmax_negatives < inputs.n_items
     started = time.time()
@@ -254,33 +276,39 @@ def train_worker(inputs_path: str) -> None:
     for epoch in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(tc, epoch)
-        rows, loss_sum = 0, 0.0
+        rows, loss_sum, mse_sum = 0, 0.0, 0.0
         batches = iterate_batches(
-            inputs.files, tc.batch_size, TRAIN_COLUMNS, rank, world_size,
+            inputs.files, tc.batch_size, columns, rank, world_size,
             epoch=epoch, seed=tc.seed, workers=tc.reader_workers, shuffle_buffer=tc.shuffle_buffer,
         )
         for batch in _in_lockstep(batches, distributed, device):
+            ratings = None
             if batch is None:  # this rank's shard is done: contribute a zero gradient
                 users = pos = torch.zeros(1, dtype=torch.long, device=device)
+                if head is not None:
+                    ratings = torch.full((1,), float("nan"), device=device)
             else:
                 users = batch["user_idx"].long().to(device)
                 pos = batch["item_idx"].long().to(device)
+                if head is not None:
+                    ratings = batch["rating"].float().to(device)
             with _autocast(device):
                 if tc.loss == "bpr":
                     neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
-                    loss = bpr_loss(ddp, users, pos, neg, tc.l2)
+                    loss, mse = ddp(users, pos, "bpr", neg, l2=tc.l2, ratings=ratings)
                 elif sampled:
                     shared = torch.randint(0, inputs.n_items, (tc.softmax_negatives,), generator=negatives).to(device)
-                    loss = softmax_loss(ddp, users, pos, shared, inputs.n_items)
+                    loss, mse = ddp(users, pos, "softmax", shared, inputs.n_items, ratings=ratings)
                 else:
-                    loss = softmax_loss(ddp, users, pos)
+                    loss, mse = ddp(users, pos, "softmax", ratings=ratings)
             optimizer.zero_grad(set_to_none=True)
             (loss if batch is not None else loss * 0.0).backward()
             optimizer.step()
             if batch is not None:
                 rows += len(users)
                 loss_sum += loss.item() * len(users)
-        totals = torch.tensor([rows, loss_sum], dtype=torch.float64, device=device)
+                mse_sum += mse.item() * len(users)
+        totals = torch.tensor([rows, loss_sum, mse_sum], dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(totals)
         if int(totals[0]) != inputs.total_rows:
@@ -294,24 +322,27 @@ def train_worker(inputs_path: str) -> None:
                            distributed, world_size)
         history.append({"epoch": epoch, "loss": loss_epoch, "rows": int(totals[0]),
                         "rank_rows": [r["rows"] for r in per_rank]})
+        if head is not None:
+            history[-1]["rating_rmse"] = math.sqrt(float(totals[2] / totals[0]))
         stop = torch.zeros(1, device=device)
         if val is not None:
             history[-1]["val_ndcg"] = validation.ndcg(export_factors(model, inputs), val)
             if history[-1]["val_ndcg"] > best["ndcg"]:
                 best = {"loss": loss_epoch, "ndcg": history[-1]["val_ndcg"], "epoch": epoch}
-                torch.save(model.state_dict(), model_dir / BEST_FILE)
+                torch.save(objective.state_dict(), model_dir / BEST_FILE)
             stop[0] = float(epoch - best["epoch"] >= tc.patience)
         elif inputs.validation is None and loss_epoch < best["loss"]:
             best = {"loss": loss_epoch, "ndcg": -1.0, "epoch": epoch}
         if rank == 0:
             path = _save_checkpoint(model_dir, epoch, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rating_head": head.state_dict() if head is not None else None,
                 "negatives": [r["negatives"] for r in per_rank], "torch_rng": [r["torch_rng"] for r in per_rank],
                 "history": history, "best": best,
                 "train": inputs.train, "table_version": inputs.table_version, "fingerprint": fingerprint,
                 "mlflow_run_id": tracker.run_id,
             })
-            tracker.log_epoch(epoch, {k: history[-1][k] for k in ("loss", "val_ndcg") if k in history[-1]})
+            tracker.log_epoch(epoch, {k: history[-1][k] for k in ("loss", "val_ndcg", "rating_rmse") if k in history[-1]})
             progress.set_postfix(loss=f"{loss_epoch:.4f}")
             log.info("epoch %d: loss %.4f%s over %d rows, checkpoint %s", epoch, loss_epoch,
                      f", validation ndcg@10 {history[-1]['val_ndcg']:.4f}" if val is not None else "",
@@ -326,9 +357,14 @@ def train_worker(inputs_path: str) -> None:
     digests = _gather(_weights_digest(model), distributed, world_size)
     if rank == 0:
         if val is not None:  # publish the best validation epoch, not the last one
-            model.load_state_dict(torch.load(model_dir / BEST_FILE, map_location=device))
+            objective.load_state_dict(torch.load(model_dir / BEST_FILE, map_location=device))
         export_factors(model, inputs).save(model_dir / FACTORS_FILE)
+        if head is not None:
+            export_rating_head(head, model_dir / RATING_HEAD_FILE)
+        else:
+            (model_dir / RATING_HEAD_FILE).unlink(missing_ok=True)
         torch.save({"state_dict": model.state_dict(), "n_users": inputs.n_users, "n_items": inputs.n_items,
+                    "rating_head": head.state_dict() if head is not None else None,
                     "train": inputs.train}, model_dir / "model.pt")
         meta = {
             "model_version": inputs.model_version,
@@ -354,6 +390,26 @@ def train_worker(inputs_path: str) -> None:
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def training_rating_mean(spark: "SparkSession", cfg: Config, table_version: int) -> Optional[float]:
+    """Mean rating of the training examples, or None (rating head off) when they cannot train one.
+
+    The head needs every rated train interaction: with ``features.positive_threshold`` set the
+    examples hold positives only, and implicit sources have no ratings at all.
+    """
+    from pyspark.sql import functions as F
+
+    from lakerec import tables
+
+    if cfg.features.positive_threshold is not None:
+        log.info("rating head off: features.positive_threshold keeps only positives in the training examples")
+        return None
+    examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES, table_version)
+    mean = examples.agg(F.avg("rating")).first()[0]
+    if mean is None:
+        log.info("rating head off: the training examples carry no ratings")
+    return mean
 
 
 def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
@@ -388,6 +444,9 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         trained[[r["item_idx"] for r in examples.select("item_idx").distinct().collect()]] = True
         side_path = model_dir / SIDE_FEATURES_FILE
         np.savez(side_path, user_side=user_side, item_side=item_side, trained_items=trained)
+    rating_mean = None
+    if cfg.train.rating_weight > 0:
+        rating_mean = training_rating_mean(spark, cfg, table_version)
     val = validation.export(spark, cfg, cfg.train.validation_users, n_users, n_items)
     if val is not None:
         val_path = model_dir / VALIDATION_FILE
@@ -404,6 +463,7 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         train=asdict(cfg.train),
         side_features=str(side_path) if side_path else None,
         validation=str(val_path) if val_path else None,
+        rating_mean=rating_mean,
     )
     inputs.save(model_dir / INPUTS_FILE)
     return inputs
