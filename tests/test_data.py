@@ -120,3 +120,27 @@ def test_batches_are_views_of_row_groups_except_across_boundaries():
     assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
     assert batches[0].data_ptr() == first.data_ptr()
     assert buffer.size == 0
+
+
+def test_row_groups_come_from_each_footer_once_and_match_petastorms_split(tmp_path):
+    """Each fresh reader (one per epoch) splits row groups without re-reading footers."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from petastorm.etl.dataset_metadata import _split_piece
+
+    from lakerec import data
+
+    paths = []
+    for n, rows_per_group in ((900, 300), (500, 100)):
+        path = tmp_path / f"part-{n}.parquet"
+        pq.write_table(pa.table({"user_idx": np.arange(n, dtype=np.int32)}), path, row_group_size=rows_per_group)
+        paths.append(str(path))
+    dataset = pq.ParquetDataset(paths, use_legacy_dataset=True)
+    expected = [(p.path, p.row_group) for piece in dataset.pieces for p in _split_piece(piece, dataset.fs.open)]
+    assert [(p.path, p.row_group) for p in data._split_row_groups_from_cached_footers(dataset)] == expected
+    assert len(expected) == 3 + 5
+    assert {path: data._row_groups_per_file[path] for path in paths} == {paths[0]: 3, paths[1]: 5}
+    for path in paths:  # the next epoch's reader needs no footer: the files are not even opened
+        Path(path).unlink()
+    assert [(p.path, p.row_group) for p in data._split_row_groups_from_cached_footers(dataset)] == expected

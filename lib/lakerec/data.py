@@ -18,6 +18,7 @@ from petastorm import make_batch_reader
 from petastorm import pytorch as petastorm_pytorch
 from petastorm import reader as petastorm_reader
 from petastorm.arrow_reader_worker import ArrowReaderWorker
+from petastorm.etl import dataset_metadata
 from petastorm.pytorch import BatchedDataLoader
 from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedShufflingBufferBase
 from petastorm.workers_pool.thread_pool import ThreadPool
@@ -109,6 +110,26 @@ def _read_row_group(self: ArrowReaderWorker, piece, pq_file, column_names: set, 
     return table.drop(unasked) if unasked else table
 
 
+_row_groups_per_file: dict[str, int] = {}
+
+
+def _split_row_groups_from_cached_footers(dataset: pq.ParquetDataset) -> list:
+    """One piece per row group, like petastorm's footer split, reading each file's footer once per process.
+
+    The trainer builds a fresh reader every epoch (that is what reshuffles the row groups), and
+    petastorm 0.13.1 re-reads every footer each time. The files it is given never change: a Delta
+    version's data files are immutable, and so are Petastorm's converter cache files.
+    """
+    pieces = []
+    for piece in dataset.pieces:
+        if piece.path not in _row_groups_per_file:
+            _row_groups_per_file[piece.path] = piece.get_metadata().num_row_groups
+        pieces += [pq.ParquetDatasetPiece(piece.path, open_file_func=dataset.fs.open, row_group=group,
+                                          partition_keys=piece.partition_keys)
+                   for group in range(_row_groups_per_file[piece.path])]
+    return pieces
+
+
 # petastorm 0.13.1 on pyarrow 14 warns about its own deprecated pyarrow calls on every reader.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
@@ -116,10 +137,11 @@ warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 # make_batch_reader builds its pool, and BatchedDataLoader its no-shuffle buffer, from these
-# module-level names; point them at the fixed classes.
+# module-level names; point them at the fixed classes and functions.
 petastorm_reader.ThreadPool = EndOfDataSafeThreadPool
 petastorm_pytorch.BatchedNoopShufflingBuffer = ZeroCopyBatchBuffer
 ArrowReaderWorker._read_with_shuffle_row_drop = _read_row_group
+dataset_metadata._split_row_groups_from_footers = _split_row_groups_from_cached_footers
 
 
 class ShortEpochError(RuntimeError):
