@@ -63,6 +63,19 @@ def test_training_examples_are_train_positives_in_several_files(spark, tiny_sour
     assert examples.count() == silver.where((F.col("split") == "train") & (F.col("label") > 0)).count()
     assert result.split_sizes["test"] > 0
     assert len(examples.inputFiles()) == 4
+    assert examples.where(F.col("rating").isNull()).count() == 0  # every MovieLens example keeps its rating
+
+
+def test_features_rewrite_a_table_left_by_an_older_schema(spark, tiny_source, tmp_path):
+    """A warehouse from before training_examples had a rating column is upgraded by the next run."""
+    cfg = make_config(tmp_path, tiny_source)
+    spark.createDataFrame([(0, 0, 1.0)], "user_idx int, item_idx int, label float").write.format("delta").save(
+        tables.TRAINING_EXAMPLES.path(cfg))
+    ingest.run(spark, cfg, "2026-01-01")
+    features.run(spark, cfg, "2026-01-01")
+    examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES)
+    assert examples.columns == [f.name for f in tables.TRAINING_EXAMPLES.schema.fields]
+    assert examples.count() > 1
 
 
 def test_temporal_split_with_latest_k(spark):

@@ -159,7 +159,7 @@ class TrainConfig:
     validation_users: int = 2000  # users sampled for the per-epoch validation ranking
     # MLflow tracking by rank 0 (needs the mlflow extra): params, per-epoch metrics, model files.
     mlflow: bool = False
-    mlflow_tracking_uri: str = "mlruns"  # a local folder (file store) or any MLflow tracking URI
+    mlflow_tracking_uri: str = "mlruns"  # a local folder (SQLite store + artifacts) or any MLflow tracking URI
     mlflow_experiment: str = "lakerec"
 
 

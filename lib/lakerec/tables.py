@@ -271,8 +271,12 @@ def _writer(df: DataFrame, cfg: Config, table: Table):
 
 
 def overwrite(df: DataFrame, cfg: Config, table: Table) -> None:
-    """Replace the whole table in one atomic commit."""
-    _writer(df, cfg, table).mode("overwrite").save(table.path(cfg))
+    """Replace the whole table in one atomic commit, schema included.
+
+    The rows are conformed to the contract declared here, so a table written by an older lakerec
+    (e.g. before a column was added) takes the current schema instead of failing the write.
+    """
+    _writer(df, cfg, table).mode("overwrite").option("overwriteSchema", "true").save(table.path(cfg))
 
 
 def replace_where(df: DataFrame, cfg: Config, table: Table, predicate: str) -> None:

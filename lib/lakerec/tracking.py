@@ -9,7 +9,6 @@ resumed run continues the MLflow run its checkpoint names instead of opening ano
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -18,14 +17,9 @@ from lakerec.config import TrainConfig, resolve_path
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ("model.pt", "factors.npz", "meta.json", "inputs.json")
+MODEL_FILES = ("model.pt", "factors.npz", "rating_head.npz", "meta.json", "inputs.json")
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
-
-
-def available() -> bool:
-    """Whether the mlflow package can be imported here."""
-    return importlib.util.find_spec("mlflow") is not None
 
 
 def local_store(value: str) -> Optional[Path]:
