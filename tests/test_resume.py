@@ -209,7 +209,6 @@ def test_a_checkpoint_of_other_inputs_is_not_resumed(example_files, tmp_path, mo
     assert meta(model_dir)["resumed_from_epoch"] == 2  # more epochs on the same inputs: continues
 
 
-
 def test_mlflow_tracks_params_epochs_and_model_files_and_a_resumed_run_continues_its_run(
         example_files, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
@@ -237,4 +236,3 @@ def test_mlflow_tracks_params_epochs_and_model_files_and_a_resumed_run_continues
                                                                        "model/meta.json"}
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("factors.npz"))
-
