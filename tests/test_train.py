@@ -110,7 +110,9 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
     """Objective = ranking loss + weight x MSE over rated rows; trained, the head fits rating structure."""
     import torch
 
-    from lakerec.models import MatrixFactorization, Objective, RatingHead, softmax_loss
+    import numpy as np
+
+    from lakerec.models import FactorModel, MatrixFactorization, Objective, RatingHead, RatingPredictor, softmax_loss
 
     torch.manual_seed(0)
     n_users, n_items = 40, 30
@@ -137,3 +139,9 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
     # The best user + item bias fit of the full matrix leaves the interaction part of the pattern.
     interaction = taste - taste.mean(1, keepdim=True) - taste.mean(0, keepdim=True) + taste.mean()
     assert fitted < 0.25 * interaction.pow(2).mean()
+
+    # The exported form that evaluation predicts with gives the head's own predictions.
+    predictor = RatingPredictor.from_head(head)
+    with torch.no_grad():
+        expected = head(model.user_vectors(users), model.item_vectors(items), users, items).numpy()
+    assert np.allclose(predictor.predict(FactorModel.from_mf(model), users.numpy(), items.numpy()), expected, atol=1e-5)

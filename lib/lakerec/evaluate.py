@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from lakerec import baselines, tables
 from lakerec.config import Config, resolve_path
 from lakerec.features import TEST, TRAIN, VALIDATION
-from lakerec.models import FactorModel
+from lakerec.models import FactorModel, RatingPredictor
 from lakerec.score import popularity_model, score_users, seen_items
 from lakerec.train import FACTORS_FILE, RATING_HEAD_FILE
 
@@ -248,9 +248,7 @@ def model_rating_errors(spark: SparkSession, cfg: Config, model_dir: Path) -> Op
     head_path = model_dir / RATING_HEAD_FILE
     if not head_path.is_file():
         return None
-    factors = FactorModel.load(model_dir / FACTORS_FILE)
-    with np.load(head_path) as z:
-        head = {k: z[k] for k in ("mean", "user_bias", "item_bias", "weight")}
+    factors, head = FactorModel.load(model_dir / FACTORS_FILE), RatingPredictor.load(head_path)
     n_users, n_items = factors.user_factors.shape[0], factors.item_factors.shape[0]
     test = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
             .where((F.col("split") == TEST) & F.col("rating").isNotNull()
@@ -260,11 +258,9 @@ def model_rating_errors(spark: SparkSession, cfg: Config, model_dir: Path) -> Op
     low, high = cfg.source.rating_min, cfg.source.rating_max
 
     def predict(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model, h = broadcast.value
+        model, predictor = broadcast.value
         for frame in frames:
-            u, i = frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy()
-            interaction = np.einsum("nd,nd->n", model.user_factors[u] * h["weight"], model.item_factors[i])
-            prediction = h["mean"] + h["user_bias"][u] + h["item_bias"][i] + interaction
+            prediction = predictor.predict(model, frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy())
             yield pd.DataFrame({"prediction": np.clip(prediction, low, high), "rating": frame["rating"]})
 
     predictions = test.mapInPandas(predict, "prediction double, rating double")

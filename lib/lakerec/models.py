@@ -215,3 +215,37 @@ class FactorModel:
     def load(cls, path: Path) -> "FactorModel":
         with np.load(path) as z:
             return cls(z["user_factors"], z["item_factors"], z["item_bias"])
+
+
+@dataclass
+class RatingPredictor:
+    """The trained rating head beside a :class:`FactorModel`: the form evaluation predicts ratings with.
+
+    rating(u, i) = mean + user_bias[u] + item_bias[i] + sum_d user_factors[u, d] * weight[d] * item_factors[i, d]
+    """
+
+    mean: float
+    user_bias: np.ndarray
+    item_bias: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def from_head(cls, head: RatingHead) -> "RatingPredictor":
+        return cls(
+            float(head.mean.item()),
+            head.user_bias.weight.detach().cpu().float().numpy()[:, 0],
+            head.item_bias.weight.detach().cpu().float().numpy()[:, 0],
+            head.weight.detach().cpu().float().numpy(),
+        )
+
+    def predict(self, factors: FactorModel, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        interaction = np.einsum("nd,nd->n", factors.user_factors[users] * self.weight, factors.item_factors[items])
+        return self.mean + self.user_bias[users] + self.item_bias[items] + interaction
+
+    def save(self, path: Path) -> None:
+        np.savez(path, mean=np.float32(self.mean), user_bias=self.user_bias, item_bias=self.item_bias, weight=self.weight)
+
+    @classmethod
+    def load(cls, path: Path) -> "RatingPredictor":
+        with np.load(path) as z:
+            return cls(float(z["mean"]), z["user_bias"], z["item_bias"], z["weight"])

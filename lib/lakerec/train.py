@@ -41,7 +41,7 @@ from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.data import ShortEpochError, count_rows, iterate_batches
 from lakerec import validation
 from lakerec.tracking import Tracker
-from lakerec.models import FactorModel, MatrixFactorization, Objective, RatingHead, TwoTower
+from lakerec.models import FactorModel, MatrixFactorization, Objective, RatingHead, RatingPredictor, TwoTower
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -191,14 +191,6 @@ def build_rating_head(inputs: TrainInputs, tc: TrainConfig) -> Optional[RatingHe
     if tc.rating_weight <= 0 or inputs.rating_mean is None:
         return None
     return RatingHead(inputs.n_users, inputs.n_items, tc.dim, inputs.rating_mean)
-
-
-def export_rating_head(head: RatingHead, path: Path) -> None:
-    """Save the head beside factors.npz: rating = mean + user_bias[u] + item_bias[i] + sum(U[u] * V[i] * weight)."""
-    np.savez(path, mean=np.float32(head.mean.item()),
-             user_bias=head.user_bias.weight.detach().cpu().float().numpy()[:, 0],
-             item_bias=head.item_bias.weight.detach().cpu().float().numpy()[:, 0],
-             weight=head.weight.detach().cpu().float().numpy())
 
 
 def export_factors(model: torch.nn.Module, inputs: TrainInputs) -> FactorModel:
@@ -360,7 +352,7 @@ def train_worker(inputs_path: str) -> None:
             objective.load_state_dict(torch.load(model_dir / BEST_FILE, map_location=device))
         export_factors(model, inputs).save(model_dir / FACTORS_FILE)
         if head is not None:
-            export_rating_head(head, model_dir / RATING_HEAD_FILE)
+            RatingPredictor.from_head(head).save(model_dir / RATING_HEAD_FILE)
         else:
             (model_dir / RATING_HEAD_FILE).unlink(missing_ok=True)
         torch.save({"state_dict": model.state_dict(), "n_users": inputs.n_users, "n_items": inputs.n_items,
