@@ -1,6 +1,6 @@
 """``make bench-train``: Petastorm loader vs raw pyarrow vs training, on 5M+ training examples.
 
-Writes ``--rows`` synthetic training examples (user_idx int32, item_idx int32, label float32) into
+Writes ``--rows`` synthetic training examples (the features table's schema) into
 features.training_examples of a temporary warehouse with the features job's layout (Delta, Spark,
 ``features.training_files`` files repartitioned by user and sorted), pins that version's active
 files from the Delta log, then measures in this one process:
@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,7 +39,7 @@ import torch
 from lakerec import tables
 from lakerec.config import load_config
 from lakerec.data import active_files, count_rows, iterate_batches
-from lakerec.train import META_FILE, TrainInputs, train_worker
+from lakerec.train import META_FILE, TrainInputs, recency_decay, train_worker
 
 COLUMNS = ["user_idx", "item_idx", "label"]
 log = logging.getLogger("bench_train")
@@ -72,7 +72,8 @@ def write_examples(root: Path, rows: int, n_users: int, n_items: int, block_size
         (F.xxhash64("id", F.lit(2)) % n_items).cast("int").alias("item_idx"),
         F.lit(1.0).cast("float").alias("label"),
         ((F.abs(F.xxhash64("id", F.lit(3))) % 10 + 1) / 2.0).alias("rating"),
-    ).select(F.abs("user_idx").alias("user_idx"), F.abs("item_idx").alias("item_idx"), "label", "rating")
+        ((F.abs(F.xxhash64("id", F.lit(4))) % 1000) / 999.0).cast("float").alias("recency"),
+    ).select(F.abs("user_idx").alias("user_idx"), F.abs("item_idx").alias("item_idx"), "label", "rating", "recency")
     examples = examples.repartition(cfg.features.training_files, "user_idx").sortWithinPartitions("user_idx", "item_idx")
     tables.overwrite(examples, cfg, tables.TRAINING_EXAMPLES)
     version = tables.version(spark, cfg, tables.TRAINING_EXAMPLES)
@@ -124,7 +125,7 @@ def train_pass(root: Path, files: list[str], version: int, n_users: int, n_items
     model_dir = root / "models" / "bench"
     model_dir.mkdir(parents=True, exist_ok=True)
     inputs = TrainInputs("bench", str(model_dir), files, version, count_rows(files), n_users, n_items,
-                         {"features.training_examples": version}, asdict(cfg.train))
+                         {"features.training_examples": version}, asdict(replace(cfg.train, recency_decay=recency_decay(cfg))))
     inputs.save(model_dir / "inputs.json")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         os.environ.pop(key, None)

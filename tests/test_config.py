@@ -27,6 +27,7 @@ def test_defaults_load_and_overrides_apply():
         ("evaluate.k=10", "evaluate.k"),
         ("features.test_fraction=1.5", "features.test_fraction"),
         ("score.top_n=0", "score.top_n"),
+        ("train.recency_decay=-1", "train.recency_decay"),
         ("source.path=/no/such/dir", "source.path"),
         ("spark.delta_jars=[/no/such.jar]", "spark.delta_jars[0]"),
     ],
@@ -34,6 +35,16 @@ def test_defaults_load_and_overrides_apply():
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
         load_config("local", overrides=[override])
+
+
+def test_recency_decay_follows_the_split_unless_set():
+    """Null weights recent examples when the split holds out the future, never under random_user."""
+    from lakerec.train import DEFAULT_RECENCY_DECAY, recency_decay
+
+    assert recency_decay(load_config("local")) == DEFAULT_RECENCY_DECAY > 0
+    assert recency_decay(load_config("local", overrides=["features.split=global_time"])) == DEFAULT_RECENCY_DECAY
+    assert recency_decay(load_config("local", overrides=["features.split=random_user"])) == 0.0
+    assert recency_decay(load_config("local", overrides=["features.split=random_user", "train.recency_decay=1.5"])) == 1.5
 
 
 def test_conf_file_layers_over_env(tmp_path: Path):

@@ -1,4 +1,5 @@
 """Features: append-only id maps, latest-event dedupe, per-user temporal split, training examples."""
+import pytest
 from pyspark.sql import functions as F
 
 from conftest import make_config
@@ -36,6 +37,19 @@ def test_temporal_split_holds_out_each_users_latest(spark):
     split = {(r["user_idx"], r["item_idx"]): r["split"] for r in features.temporal_split(df, fc).collect()}
     assert [split[(1, i)] for i in range(8)] == ["train"] * 4 + ["validation"] * 2 + ["test"] * 2
     assert {split[(2, i)] for i in range(3)} == {"train"}  # too few interactions to hold any out
+
+
+def test_training_examples_place_each_example_in_its_users_history(spark):
+    """recency: 0 for a user's oldest train positive, 1 for the newest, ties on ts by item; 1 without ts."""
+    rows = [(0, 5, 30), (0, 3, 10), (0, 9, 20), (0, 1, 20), (0, 7, 40), (1, 2, None), (1, 4, None), (2, 6, 50)]
+    silver = spark.createDataFrame(
+        [(u, i, 4.0, float(i != 7), ts, "test" if i == 7 else "train") for u, i, ts in rows],
+        "user_idx int, item_idx int, rating double, label float, ts long, split string",
+    )
+    recency = {(r["user_idx"], r["item_idx"]): r["recency"] for r in features.training_examples(silver).collect()}
+    # user 0: item 7 is held out; ts 10, 20, 20, 30 -> items 3, 1, 9 (tie on ts: lower item first), 5
+    assert recency == pytest.approx({(0, 3): 0.0, (0, 1): 1 / 3, (0, 9): 2 / 3, (0, 5): 1.0,
+                                     (1, 2): 1.0, (1, 4): 1.0, (2, 6): 1.0})
 
 
 def test_silver_dedupes_latest_event_and_labels(spark):

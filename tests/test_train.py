@@ -84,15 +84,35 @@ def test_full_and_sampled_softmax_for_both_models():
         assert scores.shape == (3, 7)
         assert torch.allclose(scores, model(users, catalogue), atol=1e-6)
         assert torch.allclose(model(users, torch.tensor([6, 2])), scores[:, [6, 2]], atol=1e-6)
-        expected = -(scores.log_softmax(-1)[torch.arange(3), pos]).mean()
-        assert torch.isclose(softmax_loss(model, users, pos), expected)
+        expected = -(scores.log_softmax(-1)[torch.arange(3), pos])
+        assert torch.allclose(softmax_loss(model, users, pos), expected)
         # Sampling every item once is the full softmax: the correction is log(7/7) = 0 and each
         # positive's own draw is masked, so it is counted once.
-        assert torch.isclose(softmax_loss(model, users, pos, torch.arange(7), 7), expected, atol=1e-6)
+        assert torch.allclose(softmax_loss(model, users, pos, torch.arange(7), 7), expected, atol=1e-6)
         # Fewer draws: the negatives' logits are raised by log(n_items / draws).
         draws = torch.tensor([2, 4])
         logits = torch.cat([scores[torch.arange(3), pos][:, None], scores[:, draws] + math.log(7 / 2)], 1)
-        assert torch.isclose(softmax_loss(model, users, pos, draws, 7), -logits.log_softmax(-1)[:, 0].mean())
+        assert torch.allclose(softmax_loss(model, users, pos, draws, 7), -logits.log_softmax(-1)[:, 0])
+
+
+def test_recency_weights_make_the_ranking_loss_a_weighted_mean():
+    """Uniform weights change nothing; a zero weight removes a row from the loss."""
+    import torch
+
+    from lakerec.models import MatrixFactorization, Objective, softmax_loss
+
+    torch.manual_seed(0)
+    model = MatrixFactorization(4, 7, 8)
+    objective = Objective(model, None, rating_weight=0.0)
+    users, pos = torch.tensor([0, 3, 3]), torch.tensor([5, 1, 6])
+    per_row = softmax_loss(model, users, pos).detach()
+    for loss in ("softmax", "bpr"):
+        neg = torch.tensor([2, 2, 2]) if loss == "bpr" else None
+        plain = objective(users, pos, loss, neg)[0]
+        assert torch.isclose(objective(users, pos, loss, neg, weights=torch.full((3,), 0.4))[0], plain)
+    weighted = objective(users, pos, "softmax", weights=torch.tensor([1.0, 3.0, 0.0]))[0]
+    assert torch.isclose(weighted, (per_row[0] + 3 * per_row[1]) / 4)
+    assert torch.isclose(weighted, objective(users[:2], pos[:2], "softmax", weights=torch.tensor([1.0, 3.0]))[0])
 
 
 def test_cosine_learning_rate_decays_from_lr_by_epoch_alone():
@@ -126,7 +146,7 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
     total, mse = objective(users, items, "softmax", ratings=ratings)
     rated = ~ratings.isnan()
     assert torch.isclose(mse, (3.0 - ratings[rated]).pow(2).mean())  # a fresh head predicts the mean
-    assert torch.isclose(total, softmax_loss(model, users, items) + 0.5 * mse)
+    assert torch.isclose(total, softmax_loss(model, users, items).mean() + 0.5 * mse)
     assert torch.equal(objective(users, items, "softmax")[1], torch.tensor(0.0))  # no ratings, no head loss
 
     optimizer = torch.optim.Adam(objective.parameters(), lr=0.05)

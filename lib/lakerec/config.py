@@ -138,6 +138,11 @@ class TrainConfig:
     # Multi-task rating head (RMSE/MAE): total loss = ranking + rating_weight x rating MSE. Trains
     # only when the examples carry every train rating (features.positive_threshold null); 0: off.
     rating_weight: float = 0.3
+    # Recency weighting of the ranking loss: an example at place r in its user's train history
+    # (features.training_examples.recency, 0 oldest .. 1 newest) weighs exp(decay x (r - 1)).
+    # null: 2.0 when features.split holds out the future (temporal_user, global_time), 0 (off) for
+    # random_user, where held-out items are no later than the train ones (BENCHMARKS.md "Quality").
+    recency_decay: Optional[float] = None
     seed: int = 42
     num_processes: int = 2
     # none: the train job only writes models/<version>/inputs.json; run torchrun yourself.
@@ -345,6 +350,7 @@ def _check_semantics(cfg: Config) -> None:
         ("train.max_restarts", cfg.train.max_restarts >= 0, "must be >= 0"),
         ("train.softmax_negatives", cfg.train.softmax_negatives >= 0, "must be >= 0"),
         ("train.rating_weight", cfg.train.rating_weight >= 0, "must be >= 0"),
+        ("train.recency_decay", cfg.train.recency_decay is None or cfg.train.recency_decay >= 0, "must be >= 0 or null"),
         ("score.top_n", cfg.score.top_n >= 1, "must be >= 1"),
         ("score.block_size", cfg.score.block_size >= 1, "must be >= 1"),
         ("score.threads_per_worker", cfg.score.threads_per_worker >= 1, "must be >= 1"),

@@ -164,8 +164,22 @@ def build_silver(bronze: DataFrame, users: DataFrame, items: DataFrame, fc: Feat
 
 
 def training_examples(silver: DataFrame) -> DataFrame:
-    """Positive train interactions with their rating, the rows the trainer streams through Petastorm."""
-    return silver.where((F.col("split") == TRAIN) & (F.col("label") > 0)).select("user_idx", "item_idx", "label", "rating")
+    """Positive train interactions with their rating and recency, the rows the trainer streams through Petastorm.
+
+    ``recency`` places each example in its user's train history: 0 the oldest, 1 the newest
+    (ties on ``ts`` break on ``item_idx``, as in the split). Users without timestamps get 1 everywhere,
+    so recency weighting (``train.recency_decay``) leaves them unweighted.
+    """
+    positives = silver.where((F.col("split") == TRAIN) & (F.col("label") > 0))
+    user = Window.partitionBy("user_idx")
+    position = F.row_number().over(user.orderBy(F.col("ts").asc_nulls_first(), "item_idx")) - 1
+    n = F.count(F.lit(1)).over(user)
+    recency = (
+        F.when(F.max("ts").over(user).isNull() | (n == 1), F.lit(1.0))
+        .otherwise(position / (n - 1))
+        .cast("float")
+    )
+    return positives.select("user_idx", "item_idx", "label", "rating", recency.alias("recency"))
 
 
 # ---------------------------------------------------------------- item and user features

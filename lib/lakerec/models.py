@@ -108,8 +108,9 @@ class RatingHead(nn.Module):
 class Objective(nn.Module):
     """The whole training loss in one forward call, which is what DDP wraps.
 
-    Ranking loss (softmax, sampled softmax or BPR) on every row, plus ``rating_weight`` x the mean
-    squared rating error of the head on the rows that carry a rating, when there is a head.
+    Ranking loss (softmax, sampled softmax or BPR) on every row, a weighted mean when rows carry
+    ``weights`` (recency weighting), plus ``rating_weight`` x the mean squared rating error of the
+    head on the rows that carry a rating, when there is a head.
     """
 
     def __init__(self, model: MatrixFactorization, head: Optional[RatingHead], rating_weight: float) -> None:
@@ -121,12 +122,14 @@ class Objective(nn.Module):
     def forward(
         self, users: torch.Tensor, pos: torch.Tensor, loss: str, negatives: Optional[torch.Tensor] = None,
         n_items: int = 0, l2: float = 0.0, ratings: Optional[torch.Tensor] = None,
+        weights: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, rating MSE); the MSE is 0 without a head or ratings."""
         if loss == "bpr":
-            ranking = bpr_loss(self.model, users, pos, negatives, l2)
+            per_row = bpr_loss(self.model, users, pos, negatives, l2)
         else:
-            ranking = softmax_loss(self.model, users, pos, negatives, n_items)
+            per_row = softmax_loss(self.model, users, pos, negatives, n_items)
+        ranking = per_row.mean() if weights is None else (per_row * weights).sum() / weights.sum()
         mse = torch.zeros((), device=users.device)
         if self.head is not None and ratings is not None:
             rated = ~torch.isnan(ratings)
@@ -137,21 +140,20 @@ class Objective(nn.Module):
 
 
 def bpr_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, l2: float) -> torch.Tensor:
-    """Bayesian personalised ranking: a positive should outscore a sampled negative.
+    """Bayesian personalised ranking, per row: a positive should outscore a sampled negative.
 
     One forward call over (pos, neg) keeps DDP to a single forward per backward.
     """
     scores = model(users, torch.stack([pos, neg], dim=1))
-    loss = -F.logsigmoid(scores[:, 0] - scores[:, 1]).mean()
     core = model.module if hasattr(model, "module") else model
     reg = core.user(users).pow(2).sum(-1) + core.item(pos).pow(2).sum(-1) + core.item(neg).pow(2).sum(-1)
-    return loss + l2 * reg.mean()
+    return -F.logsigmoid(scores[:, 0] - scores[:, 1]) + l2 * reg
 
 
 def softmax_loss(
     model: nn.Module, users: torch.Tensor, pos: torch.Tensor, negatives: Optional[torch.Tensor] = None, n_items: int = 0,
 ) -> torch.Tensor:
-    """Cross-entropy of each positive item against the catalogue.
+    """Cross-entropy of each positive item against the catalogue, per row.
 
     Without ``negatives``: the full softmax, every item a negative in every step (batch x catalogue
     scores). With ``negatives`` (m uniform item draws shared by the batch): the sampled softmax,
@@ -159,14 +161,14 @@ def softmax_loss(
     the row's positive is masked. One forward call either way, as DDP needs.
     """
     if negatives is None:
-        return F.cross_entropy(model(users), pos)
+        return F.cross_entropy(model(users), pos, reduction="none")
     batch = len(pos)
     scores = model(users, torch.cat([pos, negatives]))
     positive = scores[:, :batch].diagonal().unsqueeze(1)  # row r's own positive is column r
     sampled = scores[:, batch:] + math.log(n_items / len(negatives))
     sampled = sampled.masked_fill(negatives.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))
     target = torch.zeros(batch, dtype=torch.long, device=scores.device)
-    return F.cross_entropy(torch.cat([positive, sampled], dim=1), target)
+    return F.cross_entropy(torch.cat([positive, sampled], dim=1), target, reduction="none")
 
 
 @dataclass

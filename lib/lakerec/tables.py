@@ -117,6 +117,7 @@ TRAINING_EXAMPLES = Table(
         ("item_idx", IntegerType(), False),
         ("label", FloatType(), False),
         ("rating", DoubleType(), True),  # for the multi-task rating head; null for implicit events
+        ("recency", FloatType(), False),  # place in the user's train history: 0 oldest .. 1 newest
     ),
 )
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -59,6 +59,7 @@ BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINTS_KEPT = 2
 TRAIN_COLUMNS = ["user_idx", "item_idx"]
+DEFAULT_RECENCY_DECAY = 2.0  # train.recency_decay for splits that hold out the future (BENCHMARKS.md "Quality")
 # Config keys that may change between a run and its resumption without invalidating checkpoints.
 RESTARTS_ENV = "LAKEREC_TRAIN_RESTARTS"  # how many times launch() restarted this worker group
 _RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes", "max_restarts",
@@ -231,7 +232,8 @@ def train_worker(inputs_path: str) -> None:
     model = build_model(inputs, tc).to(device)
     head = build_rating_head(inputs, tc)
     objective = Objective(model, head, tc.rating_weight).to(device)
-    columns = TRAIN_COLUMNS + (["rating"] if head is not None else [])
+    weighted = (tc.recency_decay or 0.0) > 0
+    columns = TRAIN_COLUMNS + (["rating"] if head is not None else []) + (["recency"] if weighted else [])
     optimizer = torch.optim.Adam(objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     negatives = torch.Generator().manual_seed(tc.seed * 1009 + rank)
     history: list[dict[str, Any]] = []
@@ -274,7 +276,7 @@ def train_worker(inputs_path: str) -> None:
             epoch=epoch, seed=tc.seed, workers=tc.reader_workers, shuffle_buffer=tc.shuffle_buffer,
         )
         for batch in _in_lockstep(batches, distributed, device):
-            ratings = None
+            ratings = weights = None
             if batch is None:  # this rank's shard is done: contribute a zero gradient
                 users = pos = torch.zeros(1, dtype=torch.long, device=device)
                 if head is not None:
@@ -284,15 +286,17 @@ def train_worker(inputs_path: str) -> None:
                 pos = batch["item_idx"].long().to(device)
                 if head is not None:
                     ratings = batch["rating"].float().to(device)
+                if weighted:
+                    weights = torch.exp(tc.recency_decay * (batch["recency"].float().to(device) - 1.0))
             with _autocast(device):
                 if tc.loss == "bpr":
                     neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
-                    loss, mse = ddp(users, pos, "bpr", neg, l2=tc.l2, ratings=ratings)
+                    loss, mse = ddp(users, pos, "bpr", neg, l2=tc.l2, ratings=ratings, weights=weights)
                 elif sampled:
                     shared = torch.randint(0, inputs.n_items, (tc.softmax_negatives,), generator=negatives).to(device)
-                    loss, mse = ddp(users, pos, "softmax", shared, inputs.n_items, ratings=ratings)
+                    loss, mse = ddp(users, pos, "softmax", shared, inputs.n_items, ratings=ratings, weights=weights)
                 else:
-                    loss, mse = ddp(users, pos, "softmax", ratings=ratings)
+                    loss, mse = ddp(users, pos, "softmax", ratings=ratings, weights=weights)
             optimizer.zero_grad(set_to_none=True)
             (loss if batch is not None else loss * 0.0).backward()
             optimizer.step()
@@ -404,6 +408,17 @@ def training_rating_mean(spark: "SparkSession", cfg: Config, table_version: int)
     return mean
 
 
+def recency_decay(cfg: Config) -> float:
+    """``train.recency_decay``, with null resolved by the split: on when it holds out the future.
+
+    Under ``random_user`` held-out items are no later than the train ones, so weighting recent
+    examples only discards data (measured in BENCHMARKS.md "Quality").
+    """
+    if cfg.train.recency_decay is not None:
+        return cfg.train.recency_decay
+    return 0.0 if cfg.features.split == "random_user" else DEFAULT_RECENCY_DECAY
+
+
 def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
     """Pin the input table versions and write ``inputs.json`` for the workers."""
     from lakerec import tables
@@ -452,7 +467,7 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         n_users=n_users,
         n_items=n_items,
         input_versions=versions,
-        train=asdict(cfg.train),
+        train=asdict(replace(cfg.train, recency_decay=recency_decay(cfg))),
         side_features=str(side_path) if side_path else None,
         validation=str(val_path) if val_path else None,
         rating_mean=rating_mean,
