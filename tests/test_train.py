@@ -1,7 +1,7 @@
 """DDP training through the train job: 2 gloo ranks via TorchDistributor, identical weights, every row read."""
 import json
 
-from lakerec.train import INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
+from lakerec.train import DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
 
 
 def test_two_ranks_train_to_identical_weights(pipeline_run):
@@ -32,6 +32,8 @@ def test_model_records_its_inputs(pipeline_run):
     assert meta["table_version"] == inputs.table_version == meta["input_versions"]["features.training_examples"]
     assert set(meta["input_versions"]) >= {"features.training_examples", "silver.id_map_users", "silver.id_map_items"}
     assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
+    assert inputs.train["recency_decay"] == DEFAULT_RECENCY_DECAY  # resolved for the temporal split it trained on
+    assert meta["train"]["recency_decay"] == DEFAULT_RECENCY_DECAY
     assert (model_dir / "factors.npz").is_file()
     assert checkpoint_paths(model_dir)[-1].name == f"epoch-{cfg.train.epochs - 1:04d}.pt"
 

@@ -130,8 +130,9 @@ def _split_row_groups_from_cached_footers(dataset: pq.ParquetDataset) -> list:
     return pieces
 
 
-# petastorm 0.13.1 on pyarrow 14 warns about its own deprecated pyarrow calls on every reader.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+# petastorm 0.13.1 on pyarrow 14 warns about its own deprecated pyarrow calls on every reader, and
+# about the legacy ParquetDataset API that the patches above must use because petastorm does.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.|lakerec\.data")
 warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
 # Row groups arrive as read-only numpy arrays; batches are views that the trainer only reads.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
