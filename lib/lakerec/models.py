@@ -171,6 +171,11 @@ def softmax_loss(
     return F.cross_entropy(torch.cat([positive, sampled], dim=1), target, reduction="none")
 
 
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A trained parameter as a float32 numpy array, off the autograd graph and the device."""
+    return tensor.detach().cpu().float().numpy()
+
+
 @dataclass
 class FactorModel:
     """Scores as ``user_factors @ item_factors.T + item_bias``; rows are user_idx / item_idx."""
@@ -182,9 +187,9 @@ class FactorModel:
     @classmethod
     def from_mf(cls, model: MatrixFactorization) -> "FactorModel":
         return cls(
-            model.user.weight.detach().cpu().float().numpy(),
-            model.item.weight.detach().cpu().float().numpy(),
-            model.item_bias.weight.detach().cpu().float().numpy()[:, 0],
+            _to_numpy(model.user.weight),
+            _to_numpy(model.item.weight),
+            _to_numpy(model.item_bias.weight)[:, 0],
         )
 
     @classmethod
@@ -192,13 +197,14 @@ class FactorModel:
     def from_two_tower(cls, model: TwoTower, trained_items: torch.Tensor) -> "FactorModel":
         """Export tower outputs; items never seen in training keep only their content vector."""
         model.eval()
-        users = torch.arange(model.user.num_embeddings)
-        items = torch.arange(model.item.num_embeddings)
-        use_ids = trained_items.float()
+        device = model.user.weight.device  # a GPU rank exports from its device
+        users = torch.arange(model.user.num_embeddings, device=device)
+        items = torch.arange(model.item.num_embeddings, device=device)
+        use_ids = trained_items.float().to(device)
         return cls(
-            model.user_vectors(users).float().numpy(),
-            model.item_vectors(items, use_ids).float().numpy(),
-            (model.item_bias.weight[:, 0] * use_ids).float().numpy(),
+            _to_numpy(model.user_vectors(users)),
+            _to_numpy(model.item_vectors(items, use_ids)),
+            _to_numpy(model.item_bias.weight[:, 0] * use_ids),
         )
 
     @classmethod
@@ -235,9 +241,9 @@ class RatingPredictor:
     def from_head(cls, head: RatingHead) -> "RatingPredictor":
         return cls(
             float(head.mean.item()),
-            head.user_bias.weight.detach().cpu().float().numpy()[:, 0],
-            head.item_bias.weight.detach().cpu().float().numpy()[:, 0],
-            head.weight.detach().cpu().float().numpy(),
+            _to_numpy(head.user_bias.weight)[:, 0],
+            _to_numpy(head.item_bias.weight)[:, 0],
+            _to_numpy(head.weight),
         )
 
     def predict(self, factors: FactorModel, users: np.ndarray, items: np.ndarray) -> np.ndarray:
