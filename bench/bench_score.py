@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from lakerec import score, tables
 from lakerec.config import REPO_ROOT, Config, load_config
-from lakerec.models import FactorModel
+from lakerec.models import FactorModel, top_n_block
+from lakerec.synthetic import random_factors
 from lakerec.spark import build_spark
 
 ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
@@ -63,16 +64,6 @@ def machine() -> dict:
 def load() -> str:
     """The 1/5/15-minute load averages (other agents share this machine)."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def synthetic_model(n_users: int, n_items: int, dim: int, seed: int) -> FactorModel:
-    """Random factors scaled like a trained model's: scores of order 1, a small item bias."""
-    rng = np.random.default_rng(seed)
-    return FactorModel(
-        rng.normal(0, dim ** -0.5, (n_users, dim)).astype(np.float32),
-        rng.normal(0, 1.0, (n_items, dim)).astype(np.float32),
-        rng.normal(0, 0.1, n_items).astype(np.float32),
-    )
 
 
 def synthetic_users(spark: SparkSession, n_users: int, n_items: int, mean_seen: int, seed: int) -> DataFrame:
@@ -144,7 +135,7 @@ def run_bound(model: FactorModel, lengths: np.ndarray, seen: np.ndarray, cfg: Co
     start = time.perf_counter()
     for lo in tqdm(range(0, len(lengths), block), desc="bound (c)", unit="block", mininterval=5):
         hi = min(lo + block, len(lengths))
-        score.top_n_block(user_f[lo:hi], item_f, bias, lengths[lo:hi], seen[offsets[lo]:offsets[hi]],
+        top_n_block(user_f[lo:hi], item_f, bias, lengths[lo:hi], seen[offsets[lo]:offsets[hi]],
                           cfg.score.top_n, buffer)
     return time.perf_counter() - start
 
@@ -219,7 +210,7 @@ def main() -> None:
     warehouse = f"{out}/warehouse/bench"
 
     print(f"inputs: {n_users:,} users x {n_items:,} items, d={args.dim}", flush=True)
-    model = synthetic_model(n_users, n_items, args.dim, args.seed)
+    model = random_factors(n_users, n_items, args.dim, args.seed)
     model_path = out / "models" / "bench" / "factors.npz"
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model.save(model_path)

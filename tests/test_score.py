@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from conftest import PIPELINE_DS
 from lakerec import score, tables
-from lakerec.models import FactorModel
+from lakerec.models import FactorModel, top_n_block
 from lakerec.train import FACTORS_FILE, latest_model_dir
 
 
@@ -24,7 +24,7 @@ def test_top_n_block_matches_brute_force_sort():
     b[3] = b[4]
     seen = [rng.choice(items, size=k, replace=False) for k in (0, 3, 10, 45, 1, 2, 5)]
     lengths, flat = np.array([len(s) for s in seen]), np.concatenate(seen)
-    values, top = score.top_n_block(torch.from_numpy(u), torch.from_numpy(v), torch.from_numpy(b), lengths, flat, n)
+    values, top = top_n_block(torch.from_numpy(u), torch.from_numpy(v), torch.from_numpy(b), lengths, flat, n)
     full = u @ v.T + b
     for row in range(users):
         candidates = [i for i in range(items) if i not in set(seen[row])]
@@ -41,8 +41,8 @@ def test_top_n_block_reuses_a_larger_buffer_and_never_returns_seen_items():
     lengths = np.array([0, 30, 25, 1, 4])  # user 1 has seen everything, user 2 all but 5
     flat = np.concatenate([rng.permutation(items)[:k] for k in lengths])
     buffer = torch.full((16, items), 7.0)
-    values, top = score.top_n_block(u, v, b, lengths, flat, n, buffer)
-    fresh_values, fresh_top = score.top_n_block(u, v, b, lengths, flat, n)
+    values, top = top_n_block(u, v, b, lengths, flat, n, buffer)
+    fresh_values, fresh_top = top_n_block(u, v, b, lengths, flat, n)
     np.testing.assert_array_equal(top, fresh_top)
     np.testing.assert_array_equal(values, fresh_values)
     assert np.isneginf(values[1]).all()

@@ -225,6 +225,37 @@ class FactorModel:
             return cls(z["user_factors"], z["item_factors"], z["item_bias"])
 
 
+def top_n_block(
+    user_factors: torch.Tensor,
+    item_factors: torch.Tensor,
+    item_bias: torch.Tensor,
+    seen_lengths: np.ndarray,
+    seen_items: np.ndarray,
+    n: int,
+    out: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` unseen items for one block of users: (scores, item_idx), each (block, k).
+
+    ``seen_items`` holds every user's training items back to back, ``seen_lengths[u]`` of them for
+    user ``u`` (the Arrow list layout). ``out`` is an optional (>= block, items) buffer to score into.
+    Order is score descending, then item_idx ascending, so ties are broken deterministically.
+    Slots past a user's unseen items hold ``-inf`` scores and must be dropped by the caller.
+    Runs on the factors' device (the scorer's CPU workers; a GPU for the bound in bench/).
+    """
+    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
+    scores = torch.addmm(item_bias, user_factors, item_factors.T, out=None if out is None else out[:n_users])
+    if len(seen_items):
+        flat = np.repeat(np.arange(n_users, dtype=np.int64) * n_items, seen_lengths) + seen_items
+        scores.view(-1)[torch.from_numpy(flat).to(scores.device)] = float("-inf")
+    k = min(n, n_items)
+    values, items = torch.topk(scores, k, dim=1)
+    items, by_item = torch.sort(items, dim=1)
+    values = torch.gather(values, 1, by_item)
+    values, by_score = torch.sort(values, dim=1, descending=True, stable=True)
+    items = torch.gather(items, 1, by_score)
+    return values.cpu().numpy(), items.cpu().numpy()
+
+
 @dataclass
 class RatingPredictor:
     """The trained rating head beside a :class:`FactorModel`: the form evaluation predicts ratings with.

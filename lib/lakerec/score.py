@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from lakerec import tables
 from lakerec.config import Config
 from lakerec.features import TRAIN
-from lakerec.models import FactorModel
+from lakerec.models import FactorModel, top_n_block
 from lakerec.train import FACTORS_FILE, latest_model_dir
 
 log = logging.getLogger(__name__)
@@ -60,36 +60,6 @@ class _WorkerModel:
         if cls.buffer.shape != (block_size, cls.item_factors.shape[0]):
             cls.buffer = torch.empty(block_size, cls.item_factors.shape[0])
         return cls
-
-
-def top_n_block(
-    user_factors: torch.Tensor,
-    item_factors: torch.Tensor,
-    item_bias: torch.Tensor,
-    seen_lengths: np.ndarray,
-    seen_items: np.ndarray,
-    n: int,
-    out: torch.Tensor | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` unseen items for one block of users: (scores, item_idx), each (block, k).
-
-    ``seen_items`` holds every user's training items back to back, ``seen_lengths[u]`` of them for
-    user ``u`` (the Arrow list layout). ``out`` is an optional (>= block, items) buffer to score into.
-    Order is score descending, then item_idx ascending, so ties are broken deterministically.
-    Slots past a user's unseen items hold ``-inf`` scores and must be dropped by the caller.
-    """
-    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
-    scores = torch.addmm(item_bias, user_factors, item_factors.T, out=None if out is None else out[:n_users])
-    if len(seen_items):
-        flat = np.repeat(np.arange(n_users, dtype=np.int64) * n_items, seen_lengths) + seen_items
-        scores.view(-1)[torch.from_numpy(flat)] = float("-inf")
-    k = min(n, n_items)
-    values, items = torch.topk(scores, k, dim=1)
-    items, by_item = torch.sort(items, dim=1)
-    values = torch.gather(values, 1, by_item)
-    values, by_score = torch.sort(values, dim=1, descending=True, stable=True)
-    items = torch.gather(items, 1, by_score)
-    return values.numpy(), items.numpy()
 
 
 def _seen_csr(seen: pa.Array, n_items: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Synthetic interactions in MovieLens-latest layout, for tests and scale benchmarks.
+"""Synthetic interactions in MovieLens-latest layout and random factor models, for tests and scale benchmarks.
 
 Item popularity follows a power law, user activity is log-normally skewed, ratings come from user
 and item effects plus noise, timestamps are uniform over 2000-2023. Written in user chunks,
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from lakerec.models import FactorModel
 
 GENRES = (
     "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -78,6 +80,16 @@ def write_movielens(
             for a, b, t in zip(u[tagged].tolist(), i[tagged].tolist(), ts[tagged].tolist()):
                 tags.writerow([a + 1, b + 1, WORDS[(a + b) % len(WORDS)], t])
     return written
+
+
+def random_factors(n_users: int, n_items: int, dim: int, seed: int) -> FactorModel:
+    """Random factors scaled like a trained model's (scores of order 1, a small item bias): scoring benchmarks."""
+    rng = np.random.default_rng(seed)
+    return FactorModel(
+        rng.normal(0, dim ** -0.5, (n_users, dim)).astype(np.float32),
+        rng.normal(0, 1.0, (n_items, dim)).astype(np.float32),
+        rng.normal(0, 0.1, n_items).astype(np.float32),
+    )
 
 
 def _write_movies(path: Path, n_items: int, rng: np.random.Generator) -> None:
