@@ -1,5 +1,6 @@
 """DDP training through the train job: 2 gloo ranks via TorchDistributor, identical weights, every row read."""
 import json
+import math
 
 from lakerec.train import DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
 
@@ -21,6 +22,9 @@ def test_ranks_read_disjoint_shards_covering_the_table_each_epoch(pipeline_run):
     for epoch in history:
         assert all(n > 0 for n in epoch["rank_rows"])
         assert sum(epoch["rank_rows"]) == inputs.total_rows == results["features"].training_examples
+        # ranks step in lockstep until the longest shard is done: the step count bench/bench_gpu.py divides by
+        assert epoch["steps"] == max(math.ceil(n / cfg.train.batch_size) for n in epoch["rank_rows"])
+        assert epoch["seconds"] > 0
 
 
 def test_model_records_its_inputs(pipeline_run):

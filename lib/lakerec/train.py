@@ -270,7 +270,9 @@ def train_worker(inputs_path: str) -> None:
     for epoch in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(tc, epoch)
-        rows, loss_sum, mse_sum = 0, 0.0, 0.0
+        rows, steps = 0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss and MSE x rows, summed on the device
+        epoch_started = time.time()
         batches = iterate_batches(
             inputs.files, tc.batch_size, columns, rank, world_size,
             epoch=epoch, seed=tc.seed, workers=tc.reader_workers, shuffle_buffer=tc.shuffle_buffer,
@@ -300,11 +302,11 @@ def train_worker(inputs_path: str) -> None:
             optimizer.zero_grad(set_to_none=True)
             (loss if batch is not None else loss * 0.0).backward()
             optimizer.step()
-            if batch is not None:
+            steps += 1
+            if batch is not None:  # no .item() here: a GPU would wait for every step before loading the next
                 rows += len(users)
-                loss_sum += loss.item() * len(users)
-                mse_sum += mse.item() * len(users)
-        totals = torch.tensor([rows, loss_sum, mse_sum], dtype=torch.float64, device=device)
+                sums += torch.stack([loss.detach(), mse.detach()]).double() * len(users)
+        totals = torch.cat([torch.tensor([rows], dtype=torch.float64, device=device), sums])
         if distributed:
             dist.all_reduce(totals)
         if int(totals[0]) != inputs.total_rows:
@@ -316,8 +318,10 @@ def train_worker(inputs_path: str) -> None:
         # Every rank's sampler state and row count, so a resumed run continues each rank exactly.
         per_rank = _gather({"negatives": negatives.get_state(), "torch_rng": torch.get_rng_state(), "rows": rows},
                            distributed, world_size)
+        # steps and seconds (data + compute, before validation) give the step time per rank.
         history.append({"epoch": epoch, "loss": loss_epoch, "rows": int(totals[0]),
-                        "rank_rows": [r["rows"] for r in per_rank]})
+                        "rank_rows": [r["rows"] for r in per_rank], "steps": steps,
+                        "seconds": round(time.time() - epoch_started, 3)})
         if head is not None:
             history[-1]["rating_rmse"] = math.sqrt(float(totals[2] / totals[0]))
         stop = torch.zeros(1, device=device)
