@@ -7,7 +7,7 @@ ENV ?= local
 SCALE ?= 1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-features bench-score bench-train bench-quality clean
+.PHONY: install run test bench bench-features bench-score bench-train bench-quality bench-gpu-bundle clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ bench-train: $(STAMP)
 # Model vs popularity / ALS / EASE on ml-100k (from ../shared, or ML100K=path) and ml-latest-small.
 bench-quality: $(STAMP)
 	$(PY) bench/bench_quality.py $(if $(ML100K),--ml100k $(ML100K))
+
+# GPU node checks (bench/bench_gpu.py): training inputs written here with Spark + the trainer's data
+# stack for CPython 3.12, carried to a node that has torch but no Spark or network.
+bench-gpu-bundle: $(STAMP)
+	$(PY) bench/bench_gpu.py bundle
+	bash bench/gpu_site.sh gpu_bundle
 
 clean:
 	rm -rf warehouse models reports spark-warehouse metastore_db derby.log petastorm_cache

@@ -25,7 +25,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from lakerec import tables
 from lakerec.config import load_config
 from lakerec.data import active_files, count_rows, iterate_batches
 from lakerec.train import META_FILE, TrainInputs, recency_decay, train_worker
@@ -52,14 +50,14 @@ def machine() -> dict:
     mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemTotal")))
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-            "load_1_5_15": [round(x, 2) for x in os.getloadavg()],
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+            "load_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
 def write_examples(root: Path, rows: int, n_users: int, n_items: int, block_size: int) -> tuple[list[str], int]:
     """Training examples through Spark + Delta in the features job's layout; (active files, version)."""
     from pyspark.sql import functions as F
 
+    from lakerec import tables
     from lakerec.spark import build_spark
 
     cfg = load_config("local", overrides=[f"warehouse={root}/warehouse", f"spark.conf={{spark.local.dir: '{root}'}}"])
