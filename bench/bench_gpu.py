@@ -42,7 +42,7 @@ from lakerec.config import TrainConfig, load_config
 from lakerec.data import count_rows
 from lakerec.models import Objective, top_n_block
 from lakerec.synthetic import random_factors
-from lakerec.train import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs, build_model, build_rating_head, recency_decay
+from lakerec.train import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs, build_model, build_rating_head, resolved_train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "gpu_bundle"
 ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
@@ -95,7 +95,7 @@ def bundle(dest: Path, rows: int, users: int, items: int, batch_size: int, epoch
         synth_cfg = load_config("local", overrides=[f"train.batch_size={batch_size}", f"train.epochs={epochs}"])
         synthetic = TrainInputs("synthetic", "", files, version, count_rows(files), users, items,
                                 {"features.training_examples": version},
-                                asdict(replace(synth_cfg.train, recency_decay=recency_decay(synth_cfg))), rating_mean=3.0)
+                                asdict(resolved_train(synth_cfg)), rating_mean=3.0)
         _pack(synthetic, dest / "synthetic")
     log.info("bundle written: %s (%.1f MiB)", dest, sum(f.stat().st_size for f in dest.rglob("*")) / 2**20)
 

@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,7 +37,7 @@ import torch
 
 from lakerec.config import load_config
 from lakerec.data import active_files, count_rows, iterate_batches
-from lakerec.train import META_FILE, TrainInputs, recency_decay, train_worker
+from lakerec.train import META_FILE, TrainInputs, resolved_train, train_worker
 
 COLUMNS = ["user_idx", "item_idx", "label"]
 log = logging.getLogger("bench_train")
@@ -123,7 +123,7 @@ def train_pass(root: Path, files: list[str], version: int, n_users: int, n_items
     model_dir = root / "models" / "bench"
     model_dir.mkdir(parents=True, exist_ok=True)
     inputs = TrainInputs("bench", str(model_dir), files, version, count_rows(files), n_users, n_items,
-                         {"features.training_examples": version}, asdict(replace(cfg.train, recency_decay=recency_decay(cfg))))
+                         {"features.training_examples": version}, asdict(resolved_train(cfg)))
     inputs.save(model_dir / "inputs.json")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         os.environ.pop(key, None)

@@ -28,6 +28,8 @@ def test_defaults_load_and_overrides_apply():
         ("features.test_fraction=1.5", "features.test_fraction"),
         ("score.top_n=0", "score.top_n"),
         ("train.recency_decay=-1", "train.recency_decay"),
+        ("train.history_decay=-0.5", "train.history_decay"),
+        ("train.user_history=maybe", "train.user_history"),
         ("source.path=/no/such/dir", "source.path"),
         ("spark.delta_jars=[/no/such.jar]", "spark.delta_jars[0]"),
     ],
@@ -37,14 +39,19 @@ def test_bad_config_names_the_key(override, key):
         load_config("local", overrides=[override])
 
 
-def test_recency_decay_follows_the_split_unless_set():
-    """Null weights recent examples when the split holds out the future, never under random_user."""
-    from lakerec.train import DEFAULT_RECENCY_DECAY, recency_decay
+def test_decays_follow_the_split_unless_set():
+    """Null weights recent examples and history when the split holds out the future, never under random_user."""
+    from lakerec.train import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, resolved_train
 
-    assert recency_decay(load_config("local")) == DEFAULT_RECENCY_DECAY > 0
-    assert recency_decay(load_config("local", overrides=["features.split=global_time"])) == DEFAULT_RECENCY_DECAY
-    assert recency_decay(load_config("local", overrides=["features.split=random_user"])) == 0.0
-    assert recency_decay(load_config("local", overrides=["features.split=random_user", "train.recency_decay=1.5"])) == 1.5
+    for split in ("temporal_user", "global_time"):
+        tc = resolved_train(load_config("local", overrides=[f"features.split={split}"]))
+        assert (tc.recency_decay, tc.history_decay) == (DEFAULT_RECENCY_DECAY, DEFAULT_HISTORY_DECAY)
+        assert DEFAULT_RECENCY_DECAY > 0 and DEFAULT_HISTORY_DECAY > 0
+    tc = resolved_train(load_config("local", overrides=["features.split=random_user"]))
+    assert (tc.recency_decay, tc.history_decay) == (0.0, 0.0)
+    tc = resolved_train(load_config("local", overrides=["features.split=random_user", "train.recency_decay=1.5",
+                                                        "train.history_decay=3"]))
+    assert (tc.recency_decay, tc.history_decay) == (1.5, 3.0)
 
 
 def test_conf_file_layers_over_env(tmp_path: Path):

@@ -2,7 +2,7 @@
 import json
 import math
 
-from lakerec.train import DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
+from lakerec.train import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
 
 
 def test_two_ranks_train_to_identical_weights(pipeline_run):
@@ -38,6 +38,7 @@ def test_model_records_its_inputs(pipeline_run):
     assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
     assert inputs.train["recency_decay"] == DEFAULT_RECENCY_DECAY  # resolved for the temporal split it trained on
     assert meta["train"]["recency_decay"] == DEFAULT_RECENCY_DECAY
+    assert inputs.train["history_decay"] == meta["train"]["history_decay"] == DEFAULT_HISTORY_DECAY
     assert (model_dir / "factors.npz").is_file()
     assert checkpoint_paths(model_dir)[-1].name == f"epoch-{cfg.train.epochs - 1:04d}.pt"
 
@@ -91,14 +92,43 @@ def test_full_and_sampled_softmax_for_both_models():
         assert torch.allclose(scores, model(users, catalogue), atol=1e-6)
         assert torch.allclose(model(users, torch.tensor([6, 2])), scores[:, [6, 2]], atol=1e-6)
         expected = -(scores.log_softmax(-1)[torch.arange(3), pos])
-        assert torch.allclose(softmax_loss(model, users, pos), expected)
+        assert torch.allclose(softmax_loss(model, model.user_vectors(users), pos), expected)
         # Sampling every item once is the full softmax: the correction is log(7/7) = 0 and each
         # positive's own draw is masked, so it is counted once.
-        assert torch.allclose(softmax_loss(model, users, pos, torch.arange(7), 7), expected, atol=1e-6)
+        assert torch.allclose(softmax_loss(model, model.user_vectors(users), pos, torch.arange(7), 7), expected, atol=1e-6)
         # Fewer draws: the negatives' logits are raised by log(n_items / draws).
         draws = torch.tensor([2, 4])
         logits = torch.cat([scores[torch.arange(3), pos][:, None], scores[:, draws] + math.log(7 / 2)], 1)
-        assert torch.allclose(softmax_loss(model, users, pos, draws, 7), -logits.log_softmax(-1)[:, 0])
+        assert torch.allclose(softmax_loss(model, model.user_vectors(users), pos, draws, 7), -logits.log_softmax(-1)[:, 0])
+
+
+def test_user_history_adds_the_weighted_mean_of_the_users_items_and_leaves_the_target_out():
+    """user vector = id embedding + weighted mean of history item embeddings; training leaves each row's item out."""
+    import numpy as np
+    import torch
+
+    from lakerec.models import FactorModel, MatrixFactorization, Objective
+
+    torch.manual_seed(0)
+    model = MatrixFactorization(3, 6, 4)
+    model.set_history(torch.tensor([2, 0, 0, 0]), torch.tensor([3, 1, 2, 5]), torch.tensor([1.0, 1.0, 2.0, 0.5]))
+    item, user = model.item.weight.detach(), model.user.weight.detach()
+    vectors = model.user_vectors(torch.tensor([0, 1, 2])).detach()
+    assert torch.allclose(vectors[0], user[0] + (item[1] + 2 * item[2] + 0.5 * item[5]) / 3.5)
+    assert torch.allclose(vectors[1], user[1])  # no history: the id embedding alone
+    assert torch.allclose(vectors[2], user[2] + item[3])
+    left_out = model.user_vectors(torch.tensor([0, 0]), (torch.tensor([2, 5]), torch.tensor([2.0, 0.5]))).detach()
+    assert torch.allclose(left_out[0], user[0] + (item[1] + 0.5 * item[5]) / 1.5)
+    assert torch.allclose(left_out[1], user[0] + (item[1] + 2 * item[2]) / 3.0)
+    # The exported factors carry the whole history, so the scorer needs nothing else.
+    assert np.allclose(FactorModel.from_mf(model).user_factors, vectors.numpy(), atol=1e-6)
+    # Training: the loss sees the left-out vector, and the history items' embeddings get gradients.
+    objective = Objective(model, None, rating_weight=0.0)
+    loss, _ = objective(torch.tensor([0]), torch.tensor([2]), "softmax", history_weights=torch.tensor([2.0]))
+    expected = -model.score(left_out[:1]).log_softmax(-1)[0, 2]
+    assert torch.isclose(loss, expected)
+    loss.backward()
+    assert model.item.weight.grad[1].abs().sum() > 0 and model.item.weight.grad[5].abs().sum() > 0
 
 
 def test_recency_weights_make_the_ranking_loss_a_weighted_mean():
@@ -111,7 +141,7 @@ def test_recency_weights_make_the_ranking_loss_a_weighted_mean():
     model = MatrixFactorization(4, 7, 8)
     objective = Objective(model, None, rating_weight=0.0)
     users, pos = torch.tensor([0, 3, 3]), torch.tensor([5, 1, 6])
-    per_row = softmax_loss(model, users, pos).detach()
+    per_row = softmax_loss(model, model.user_vectors(users), pos).detach()
     for loss in ("softmax", "bpr"):
         neg = torch.tensor([2, 2, 2]) if loss == "bpr" else None
         plain = objective(users, pos, loss, neg)[0]
@@ -152,7 +182,7 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
     total, mse = objective(users, items, "softmax", ratings=ratings)
     rated = ~ratings.isnan()
     assert torch.isclose(mse, (3.0 - ratings[rated]).pow(2).mean())  # a fresh head predicts the mean
-    assert torch.isclose(total, softmax_loss(model, users, items).mean() + 0.5 * mse)
+    assert torch.isclose(total, softmax_loss(model, model.user_vectors(users), items).mean() + 0.5 * mse)
     assert torch.equal(objective(users, items, "softmax")[1], torch.tensor(0.0))  # no ratings, no head loss
 
     optimizer = torch.optim.Adam(objective.parameters(), lr=0.05)

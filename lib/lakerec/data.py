@@ -12,6 +12,8 @@ import warnings
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from petastorm import make_batch_reader
@@ -173,6 +175,12 @@ def spark_converter(
 def count_rows(files: list[str]) -> int:
     """Row count from parquet footers, without reading data."""
     return sum(pq.ParquetFile(_local(f)).metadata.num_rows for f in files)
+
+
+def read_columns(files: list[str], columns: list[str]) -> dict[str, np.ndarray]:
+    """``columns`` of every row of ``files`` as numpy arrays, with pyarrow (no Spark): e.g. user histories."""
+    table = pa.concat_tables([pq.read_table(_local(f), columns=columns) for f in files])
+    return {c: table.column(c).to_numpy() for c in columns}
 
 
 def _local(url: str) -> str:

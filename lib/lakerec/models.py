@@ -17,7 +17,13 @@ from torch.nn import functional as F
 
 
 class MatrixFactorization(nn.Module):
-    """User and item embeddings with an item bias: score = user . item + item bias."""
+    """User and item embeddings with an item bias: score = user . item + item bias.
+
+    With a history (``set_history``) a user's vector is their id embedding plus the weighted mean
+    of the embeddings of the items in their training history (SVD++ / FISM style), so what a user
+    did recently can shape their vector directly. While training, each row's own positive is left
+    out of that mean, or the model would learn to find the item it is given.
+    """
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
         super().__init__()
@@ -27,21 +33,58 @@ class MatrixFactorization(nn.Module):
         nn.init.normal_(self.user.weight, std=0.05)
         nn.init.normal_(self.item.weight, std=0.05)
         nn.init.zeros_(self.item_bias.weight)
+        self.has_history = False
 
-    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user(users)
+    def set_history(self, users: torch.Tensor, items: torch.Tensor, weights: torch.Tensor) -> None:
+        """Every (user, item, weight) of the training history, as buffers rebuilt from the data, not saved."""
+        order = torch.argsort(users, stable=True)
+        counts = torch.bincount(users, minlength=self.user.num_embeddings)
+        totals = torch.zeros(self.user.num_embeddings, dtype=torch.float32).index_add_(0, users, weights.float())
+        for name, value in (("history_items", items[order].long()), ("history_weights", weights[order].float()),
+                            ("history_start", torch.cumsum(counts, 0) - counts), ("history_count", counts),
+                            ("history_total", totals)):
+            self.register_buffer(name, value, persistent=False)
+        self.has_history = True
+
+    def history_mean(self, users: torch.Tensor, leave_out: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """Weighted mean item embedding of each user's history; ``leave_out`` = (items, weights) per row.
+
+        Each distinct user's history is summed once per call: rows are drawn in proportion to
+        activity, so the heaviest users (the longest histories) recur within a batch.
+        """
+        distinct, row_of = torch.unique(users, return_inverse=True)
+        lengths = self.history_count[distinct]
+        offsets = torch.cumsum(lengths, 0) - lengths
+        owner = torch.repeat_interleave(torch.arange(len(distinct), device=users.device), lengths)
+        at = self.history_start[distinct][owner] + torch.arange(len(owner), device=users.device) - offsets[owner]
+        sums = F.embedding_bag(self.history_items[at], self.item.weight, offsets, mode="sum",
+                               per_sample_weights=self.history_weights[at])[row_of]
+        totals = self.history_total[users]
+        if leave_out is not None:
+            items, weights = leave_out
+            sums = sums - weights.unsqueeze(1) * self.item(items)
+            totals = totals - weights
+        return sums / totals.clamp(min=1e-6).unsqueeze(1)
+
+    def user_vectors(self, users: torch.Tensor, leave_out: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        if not self.has_history:
+            return self.user(users)
+        return self.user(users) + self.history_mean(users, leave_out)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self.item(items)
 
-    def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def score(self, user_vecs: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores (batch, m): per-row ``items`` (batch, m), shared ``items`` (m,), or all items (None)."""
         if items is None:
-            return self.user(users) @ self.item.weight.T + self.item_bias.weight[:, 0]
+            return user_vecs @ self.item.weight.T + self.item_bias.weight[:, 0]
         if items.dim() == 1:
-            return self.user(users) @ self.item(items).T + self.item_bias(items)[:, 0]
-        u = self.user(users).unsqueeze(1)
-        return (u * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+            return user_vecs @ self.item(items).T + self.item_bias(items)[:, 0]
+        return (user_vecs.unsqueeze(1) * self.item(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+
+    def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores of ``users`` (see ``score``), each with their whole history."""
+        return self.score(self.user_vectors(users), items)
 
 
 class TwoTower(MatrixFactorization):
@@ -64,8 +107,8 @@ class TwoTower(MatrixFactorization):
         self.item_mlp = nn.Sequential(nn.Linear(item_side.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, dim))
         self.id_dropout = id_dropout
 
-    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user(users) + self.user_proj(self.user_side[users])
+    def user_vectors(self, users: torch.Tensor, leave_out: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        return super().user_vectors(users, leave_out) + self.user_proj(self.user_side[users])
 
     def item_vectors(self, items: torch.Tensor, use_ids: torch.Tensor | None = None) -> torch.Tensor:
         ids = self.item(items)
@@ -75,13 +118,11 @@ class TwoTower(MatrixFactorization):
             ids = ids * use_ids[items].unsqueeze(-1)
         return ids + self.item_mlp(self.item_side[items])
 
-    def forward(self, users: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scores (batch, m): per-row ``items`` (batch, m), shared ``items`` (m,), or all items (None)."""
+    def score(self, user_vecs: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
         if items is None or items.dim() == 1:
-            shared = torch.arange(self.item.num_embeddings, device=users.device) if items is None else items
-            return self.user_vectors(users) @ self.item_vectors(shared).T + self.item_bias(shared)[:, 0]
-        u = self.user_vectors(users).unsqueeze(1)
-        return (u * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+            shared = torch.arange(self.item.num_embeddings, device=user_vecs.device) if items is None else items
+            return user_vecs @ self.item_vectors(shared).T + self.item_bias(shared)[:, 0]
+        return (user_vecs.unsqueeze(1) * self.item_vectors(items)).sum(-1) + self.item_bias(items).squeeze(-1)
 
 
 class RatingHead(nn.Module):
@@ -122,48 +163,53 @@ class Objective(nn.Module):
     def forward(
         self, users: torch.Tensor, pos: torch.Tensor, loss: str, negatives: Optional[torch.Tensor] = None,
         n_items: int = 0, l2: float = 0.0, ratings: Optional[torch.Tensor] = None,
-        weights: Optional[torch.Tensor] = None,
+        weights: Optional[torch.Tensor] = None, history_weights: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total loss, rating MSE); the MSE is 0 without a head or ratings."""
+        """(total loss, rating MSE); the MSE is 0 without a head or ratings.
+
+        ``history_weights``: each row's weight in its user's history, to leave the row's positive
+        out of the history mean (models with a history; ones when not given).
+        """
+        leave_out = None
+        if self.model.has_history:
+            leave_out = (pos, torch.ones(len(pos), device=pos.device) if history_weights is None else history_weights)
+        user_vecs = self.model.user_vectors(users, leave_out)
         if loss == "bpr":
-            per_row = bpr_loss(self.model, users, pos, negatives, l2)
+            per_row = bpr_loss(self.model, user_vecs, pos, negatives, l2)
         else:
-            per_row = softmax_loss(self.model, users, pos, negatives, n_items)
+            per_row = softmax_loss(self.model, user_vecs, pos, negatives, n_items)
         ranking = per_row.mean() if weights is None else (per_row * weights).sum() / weights.sum()
         mse = torch.zeros((), device=users.device)
         if self.head is not None and ratings is not None:
             rated = ~torch.isnan(ratings)
-            predicted = self.head(self.model.user_vectors(users), self.model.item_vectors(pos), users, pos)
+            predicted = self.head(user_vecs, self.model.item_vectors(pos), users, pos)
             errors = torch.where(rated, predicted - ratings, torch.zeros_like(predicted))
             mse = errors.pow(2).sum() / rated.sum().clamp(min=1)
         return ranking + self.rating_weight * mse, mse
 
 
-def bpr_loss(model: nn.Module, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, l2: float) -> torch.Tensor:
-    """Bayesian personalised ranking, per row: a positive should outscore a sampled negative.
-
-    One forward call over (pos, neg) keeps DDP to a single forward per backward.
-    """
-    scores = model(users, torch.stack([pos, neg], dim=1))
-    core = model.module if hasattr(model, "module") else model
-    reg = core.user(users).pow(2).sum(-1) + core.item(pos).pow(2).sum(-1) + core.item(neg).pow(2).sum(-1)
+def bpr_loss(model: MatrixFactorization, user_vecs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, l2: float) -> torch.Tensor:
+    """Bayesian personalised ranking, per row: a positive should outscore a sampled negative."""
+    scores = model.score(user_vecs, torch.stack([pos, neg], dim=1))
+    reg = user_vecs.pow(2).sum(-1) + model.item(pos).pow(2).sum(-1) + model.item(neg).pow(2).sum(-1)
     return -F.logsigmoid(scores[:, 0] - scores[:, 1]) + l2 * reg
 
 
 def softmax_loss(
-    model: nn.Module, users: torch.Tensor, pos: torch.Tensor, negatives: Optional[torch.Tensor] = None, n_items: int = 0,
+    model: MatrixFactorization, user_vecs: torch.Tensor, pos: torch.Tensor, negatives: Optional[torch.Tensor] = None,
+    n_items: int = 0,
 ) -> torch.Tensor:
     """Cross-entropy of each positive item against the catalogue, per row.
 
     Without ``negatives``: the full softmax, every item a negative in every step (batch x catalogue
     scores). With ``negatives`` (m uniform item draws shared by the batch): the sampled softmax,
     negative logits raised by log(n_items / m) so the loss estimates the full one; a draw equal to
-    the row's positive is masked. One forward call either way, as DDP needs.
+    the row's positive is masked.
     """
     if negatives is None:
-        return F.cross_entropy(model(users), pos, reduction="none")
+        return F.cross_entropy(model.score(user_vecs), pos, reduction="none")
     batch = len(pos)
-    scores = model(users, torch.cat([pos, negatives]))
+    scores = model.score(user_vecs, torch.cat([pos, negatives]))
     positive = scores[:, :batch].diagonal().unsqueeze(1)  # row r's own positive is column r
     sampled = scores[:, batch:] + math.log(n_items / len(negatives))
     sampled = sampled.masked_fill(negatives.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))
@@ -174,6 +220,13 @@ def softmax_loss(
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A trained parameter as a float32 numpy array, off the autograd graph and the device."""
     return tensor.detach().cpu().float().numpy()
+
+
+@torch.no_grad()
+def _all_user_vectors(model: MatrixFactorization, chunk: int = 1024) -> np.ndarray:
+    """Every user's vector with their whole history, ``chunk`` users at a time (bounded memory)."""
+    users = torch.arange(model.user.num_embeddings, device=model.user.weight.device)
+    return np.concatenate([_to_numpy(model.user_vectors(users[i : i + chunk])) for i in range(0, len(users), chunk)])
 
 
 @dataclass
@@ -187,7 +240,7 @@ class FactorModel:
     @classmethod
     def from_mf(cls, model: MatrixFactorization) -> "FactorModel":
         return cls(
-            _to_numpy(model.user.weight),
+            _all_user_vectors(model),
             _to_numpy(model.item.weight),
             _to_numpy(model.item_bias.weight)[:, 0],
         )
@@ -198,11 +251,10 @@ class FactorModel:
         """Export tower outputs; items never seen in training keep only their content vector."""
         model.eval()
         device = model.user.weight.device  # a GPU rank exports from its device
-        users = torch.arange(model.user.num_embeddings, device=device)
         items = torch.arange(model.item.num_embeddings, device=device)
         use_ids = trained_items.float().to(device)
         return cls(
-            _to_numpy(model.user_vectors(users)),
+            _all_user_vectors(model),
             _to_numpy(model.item_vectors(items, use_ids)),
             _to_numpy(model.item_bias.weight[:, 0] * use_ids),
         )

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lakerec.config import Config, TrainConfig, resolve_path
-from lakerec.data import ShortEpochError, count_rows, iterate_batches
+from lakerec.data import ShortEpochError, count_rows, iterate_batches, read_columns
 from lakerec import validation
 from lakerec.tracking import Tracker
 from lakerec.models import FactorModel, MatrixFactorization, Objective, RatingHead, RatingPredictor, TwoTower
@@ -60,6 +60,7 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINTS_KEPT = 2
 TRAIN_COLUMNS = ["user_idx", "item_idx"]
 DEFAULT_RECENCY_DECAY = 2.0  # train.recency_decay for splits that hold out the future (BENCHMARKS.md "Quality")
+DEFAULT_HISTORY_DECAY = 5.0  # train.history_decay for the same splits (BENCHMARKS.md "Quality")
 # Config keys that may change between a run and its resumption without invalidating checkpoints.
 RESTARTS_ENV = "LAKEREC_TRAIN_RESTARTS"  # how many times launch() restarted this worker group
 _RESUMABLE_KEYS = {"epochs", "resume", "launcher", "num_processes", "max_restarts",
@@ -229,11 +230,18 @@ def train_worker(inputs_path: str) -> None:
     fingerprint = inputs.fingerprint(world_size)
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    model = build_model(inputs, tc).to(device)
+    model = build_model(inputs, tc)
+    if tc.user_history:
+        history = read_columns(inputs.files, ["user_idx", "item_idx", "recency"])
+        recency = torch.from_numpy(history["recency"]).float()
+        model.set_history(torch.from_numpy(history["user_idx"]).long(), torch.from_numpy(history["item_idx"]).long(),
+                          torch.exp(tc.history_decay * (recency - 1.0)))
+    model = model.to(device)
     head = build_rating_head(inputs, tc)
     objective = Objective(model, head, tc.rating_weight).to(device)
     weighted = (tc.recency_decay or 0.0) > 0
-    columns = TRAIN_COLUMNS + (["rating"] if head is not None else []) + (["recency"] if weighted else [])
+    history_weighted = tc.user_history and (tc.history_decay or 0.0) > 0
+    columns = TRAIN_COLUMNS + (["rating"] if head is not None else []) + (["recency"] if weighted or history_weighted else [])
     optimizer = torch.optim.Adam(objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     negatives = torch.Generator().manual_seed(tc.seed * 1009 + rank)
     history: list[dict[str, Any]] = []
@@ -278,7 +286,7 @@ def train_worker(inputs_path: str) -> None:
             epoch=epoch, seed=tc.seed, workers=tc.reader_workers, shuffle_buffer=tc.shuffle_buffer,
         )
         for batch in _in_lockstep(batches, distributed, device):
-            ratings = weights = None
+            ratings = weights = history_weights = None
             if batch is None:  # this rank's shard is done: contribute a zero gradient
                 users = pos = torch.zeros(1, dtype=torch.long, device=device)
                 if head is not None:
@@ -290,15 +298,19 @@ def train_worker(inputs_path: str) -> None:
                     ratings = batch["rating"].float().to(device)
                 if weighted:
                     weights = torch.exp(tc.recency_decay * (batch["recency"].float().to(device) - 1.0))
+                if history_weighted:
+                    history_weights = torch.exp(tc.history_decay * (batch["recency"].float().to(device) - 1.0))
             with _autocast(device):
                 if tc.loss == "bpr":
                     neg = torch.randint(0, inputs.n_items, pos.shape, generator=negatives).to(device)
-                    loss, mse = ddp(users, pos, "bpr", neg, l2=tc.l2, ratings=ratings, weights=weights)
+                    loss, mse = ddp(users, pos, "bpr", neg, l2=tc.l2, ratings=ratings, weights=weights,
+                                    history_weights=history_weights)
                 elif sampled:
                     shared = torch.randint(0, inputs.n_items, (tc.softmax_negatives,), generator=negatives).to(device)
-                    loss, mse = ddp(users, pos, "softmax", shared, inputs.n_items, ratings=ratings, weights=weights)
+                    loss, mse = ddp(users, pos, "softmax", shared, inputs.n_items, ratings=ratings, weights=weights,
+                                    history_weights=history_weights)
                 else:
-                    loss, mse = ddp(users, pos, "softmax", ratings=ratings, weights=weights)
+                    loss, mse = ddp(users, pos, "softmax", ratings=ratings, weights=weights, history_weights=history_weights)
             optimizer.zero_grad(set_to_none=True)
             (loss if batch is not None else loss * 0.0).backward()
             optimizer.step()
@@ -412,15 +424,20 @@ def training_rating_mean(spark: "SparkSession", cfg: Config, table_version: int)
     return mean
 
 
-def recency_decay(cfg: Config) -> float:
-    """``train.recency_decay``, with null resolved by the split: on when it holds out the future.
+def resolved_train(cfg: Config) -> TrainConfig:
+    """``cfg.train`` with the null decays resolved by the split: on when it holds out the future.
 
     Under ``random_user`` held-out items are no later than the train ones, so weighting recent
-    examples only discards data (measured in BENCHMARKS.md "Quality").
+    examples only discards data (measured in BENCHMARKS.md "Quality"). What the workers receive
+    and ``meta.json`` records.
     """
-    if cfg.train.recency_decay is not None:
-        return cfg.train.recency_decay
-    return 0.0 if cfg.features.split == "random_user" else DEFAULT_RECENCY_DECAY
+    time_based = cfg.features.split != "random_user"
+    tc = cfg.train
+    return replace(
+        tc,
+        recency_decay=tc.recency_decay if tc.recency_decay is not None else (DEFAULT_RECENCY_DECAY if time_based else 0.0),
+        history_decay=tc.history_decay if tc.history_decay is not None else (DEFAULT_HISTORY_DECAY if time_based else 0.0),
+    )
 
 
 def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
@@ -471,7 +488,7 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         n_users=n_users,
         n_items=n_items,
         input_versions=versions,
-        train=asdict(replace(cfg.train, recency_decay=recency_decay(cfg))),
+        train=asdict(resolved_train(cfg)),
         side_features=str(side_path) if side_path else None,
         validation=str(val_path) if val_path else None,
         rating_mean=rating_mean,
