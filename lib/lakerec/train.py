@@ -231,11 +231,10 @@ def train_worker(inputs_path: str) -> None:
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(inputs, tc)
-    if tc.user_history:
-        history = read_columns(inputs.files, ["user_idx", "item_idx", "recency"])
-        recency = torch.from_numpy(history["recency"]).float()
-        model.set_history(torch.from_numpy(history["user_idx"]).long(), torch.from_numpy(history["item_idx"]).long(),
-                          torch.exp(tc.history_decay * (recency - 1.0)))
+    if tc.user_history:  # every rank reads every user's history, not only its shard
+        past = {k: torch.from_numpy(v) for k, v in read_columns(inputs.files, ["user_idx", "item_idx", "recency"]).items()}
+        model.set_history(past["user_idx"].long(), past["item_idx"].long(),
+                          torch.exp((tc.history_decay or 0.0) * (past["recency"].float() - 1.0)))
     model = model.to(device)
     head = build_rating_head(inputs, tc)
     objective = Objective(model, head, tc.rating_weight).to(device)
