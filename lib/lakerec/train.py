@@ -195,6 +195,18 @@ def build_rating_head(inputs: TrainInputs, tc: TrainConfig) -> Optional[RatingHe
     return RatingHead(inputs.n_users, inputs.n_items, tc.dim, inputs.rating_mean)
 
 
+def _set_history(model: MatrixFactorization, files: list[str], decay: float) -> None:
+    """Give ``model`` every user's training items (all files: not only this rank's shard).
+
+    Weights exp(decay x (recency - 1)); with decay 0 a plain mean, which needs no recency column
+    (tables written before it existed train too).
+    """
+    past = read_columns(files, ["user_idx", "item_idx"] + (["recency"] if decay > 0 else []))
+    owners, items = torch.from_numpy(past["user_idx"]).long(), torch.from_numpy(past["item_idx"]).long()
+    weights = torch.exp(decay * (torch.from_numpy(past["recency"]).float() - 1.0)) if decay > 0 else torch.ones(len(owners))
+    model.set_history(owners, items, weights)
+
+
 def export_factors(model: torch.nn.Module, inputs: TrainInputs) -> FactorModel:
     """The trained model in the scorer's factor form (two_tower: cold items keep content only)."""
     if not isinstance(model, TwoTower):
@@ -231,15 +243,13 @@ def train_worker(inputs_path: str) -> None:
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     model = build_model(inputs, tc)
-    if tc.user_history:  # every rank reads every user's history, not only its shard
-        past = {k: torch.from_numpy(v) for k, v in read_columns(inputs.files, ["user_idx", "item_idx", "recency"]).items()}
-        model.set_history(past["user_idx"].long(), past["item_idx"].long(),
-                          torch.exp((tc.history_decay or 0.0) * (past["recency"].float() - 1.0)))
+    weighted = (tc.recency_decay or 0.0) > 0
+    history_weighted = tc.user_history and (tc.history_decay or 0.0) > 0
+    if tc.user_history:
+        _set_history(model, inputs.files, tc.history_decay if history_weighted else 0.0)
     model = model.to(device)
     head = build_rating_head(inputs, tc)
     objective = Objective(model, head, tc.rating_weight).to(device)
-    weighted = (tc.recency_decay or 0.0) > 0
-    history_weighted = tc.user_history and (tc.history_decay or 0.0) > 0
     columns = TRAIN_COLUMNS + (["rating"] if head is not None else []) + (["recency"] if weighted or history_weighted else [])
     optimizer = torch.optim.Adam(objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     negatives = torch.Generator().manual_seed(tc.seed * 1009 + rank)
