@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_config
 from lakerec import features, ingest, tables, train
-from lakerec.data import ZeroCopyBatchBuffer, active_files, count_rows, iterate_batches, spark_converter
+from lakerec.data import PromptVentilator, ZeroCopyBatchBuffer, active_files, count_rows, iterate_batches, spark_converter
 
 COLUMNS = ["user_idx", "item_idx", "label"]
 
@@ -76,6 +76,18 @@ def test_fresh_readers_never_return_a_short_epoch(examples):
     files, rows = examples
     counts = [len(_read(files, epoch=e, workers=3)) for e in range(40)]
     assert counts == [len(rows)] * 40
+
+
+def test_readers_poll_for_queue_room_every_millisecond(examples):
+    """The trainer's readers get the prompt ventilator (petastorm's own sleeps 10 ms when its queue is full)."""
+    from petastorm import make_batch_reader
+
+    files, rows = examples
+    with make_batch_reader([f if f.startswith("file:") else "file://" + f for f in files], num_epochs=1,
+                           reader_pool_type="thread", workers_count=2) as reader:
+        assert isinstance(reader.ventilator, PromptVentilator)
+        assert reader.ventilator._ventilation_interval == 0.001
+        assert sum(len(batch.user_idx) for batch in reader) == len(rows)
 
 
 def test_epochs_reshuffle_row_group_order(examples):

@@ -24,6 +24,7 @@ from petastorm.etl import dataset_metadata
 from petastorm.pytorch import BatchedDataLoader
 from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedShufflingBufferBase
 from petastorm.workers_pool.thread_pool import ThreadPool
+from petastorm.workers_pool.ventilator import ConcurrentVentilator
 
 if TYPE_CHECKING:  # GPU trainer nodes have no Spark: only the driver-side helpers need it
     from petastorm.spark import SparkDatasetConverter
@@ -43,6 +44,20 @@ class EndOfDataSafeThreadPool(ThreadPool):
     def all_workers_done(self) -> bool:
         ventilation_over = self._ventilator is None or self._ventilator.completed()
         return ventilation_over and super().all_workers_done()
+
+
+class PromptVentilator(ConcurrentVentilator):
+    """Petastorm's row-group ventilator, looking for room in its queue every 1 ms instead of 10 ms.
+
+    A reader keeps at most 2 row groups per worker in flight, and each time that window is full
+    the ventilator sleeps before it looks again; the row group it hands out late leaves a reader
+    idle. Measured on 5M examples (8 row groups, 2 readers): median loader rows/s +4-8% over three
+    runs (BENCHMARKS.md "Training").
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("ventilation_interval", 0.001)
+        super().__init__(*args, **kwargs)
 
 
 class ZeroCopyBatchBuffer(BatchedShufflingBufferBase):
@@ -142,6 +157,7 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 # make_batch_reader builds its pool, and BatchedDataLoader its no-shuffle buffer, from these
 # module-level names; point them at the fixed classes and functions.
 petastorm_reader.ThreadPool = EndOfDataSafeThreadPool
+petastorm_reader.ConcurrentVentilator = PromptVentilator
 petastorm_pytorch.BatchedNoopShufflingBuffer = ZeroCopyBatchBuffer
 ArrowReaderWorker._read_with_shuffle_row_drop = _read_row_group
 dataset_metadata._split_row_groups_from_footers = _split_row_groups_from_cached_footers
