@@ -4,26 +4,28 @@ GPU trainer nodes have torch but no JVM and no Spark, so this runs in two steps:
 
     make bench-gpu-bundle        # here, with Spark: writes gpu_bundle/ (ignored by git)
     # on the GPU node, in a copy of the repo holding gpu_bundle/:
-    tar -xJf gpu_bundle/site.tar.xz -C /tmp/site     # only where petastorm's stack is not installed
+    mkdir -p /tmp/site && tar -xJf gpu_bundle/site.tar.xz -C /tmp/site   # where petastorm's stack is missing
     PYTHONPATH=/tmp/site:lib:bench python3 bench/bench_gpu.py run --out gpu.json
 
 ``bundle`` writes two sets of training inputs, each an ``inputs.json`` beside the parquet files of
 the pinned Delta version it names: ``mls`` (ml-latest-small through ingest -> features -> train
-prepare, as ``make run`` builds it, with its validation users) and ``synthetic`` (``--rows``
+prepare, as ``make run`` builds it) and ``synthetic`` (``--rows``
 examples in the features job's layout, as ``make bench-train`` writes them).
 
-``run`` trains each with ``torchrun --nproc_per_node=1 -m lakerec.train`` (nccl, bf16 autocast),
-sampling GPU utilisation while it runs, and reports the step time (epoch seconds / steps from
-meta.json), the compute-only step time of the same model on in-memory batches, the Petastorm loader
-and raw pyarrow rows/s on that node, and (c) of ``make bench-score`` on the GPU: ``top_n_block``
-over the MovieLens 25M shape.
+``run`` trains each with ``torchrun --nproc_per_node=1 -m lakerec.train`` (one rank, bf16
+autocast), sampling GPU utilisation while it runs, and reports the step time (epoch seconds / steps
+from meta.json), the compute-only step time of the same model on in-memory batches, the Petastorm
+loader and raw pyarrow rows/s on that node, and (c) of ``make bench-score`` on the GPU:
+``top_n_block`` over the MovieLens 25M shape. It leaves the ml-latest-small model in ``mls_model/``
+beside ``--out``; ``evaluate mls_model`` (here, with Spark) scores it on the test split beside a
+model trained here. ``sweep`` times the synthetic set by Petastorm reader threads, bf16 vs fp32.
+Without a GPU the same commands run on the CPU (a smoke test; no utilisation samples).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import shutil
 import statistics
 import subprocess
@@ -39,10 +41,10 @@ import torch
 
 from bench_train import loader_pass, machine, raw_pass
 from lakerec.config import TrainConfig, load_config
-from lakerec.data import count_rows
+from lakerec.data import count_rows, read_columns
 from lakerec.models import Objective, top_n_block
 from lakerec.synthetic import random_factors
-from lakerec.train import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs, build_model, build_rating_head, resolved_train
+from lakerec.train import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs, build_model, build_rating_head, load_history, resolved_train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "gpu_bundle"
 ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
@@ -183,24 +185,31 @@ def compute_step_ms(packed: Path, steps: int = 50, bf16: bool = True) -> float:
     inputs = TrainInputs.load(packed / INPUTS_FILE)
     tc = TrainConfig(**inputs.train)
     device = _device()
+    files = [str(packed / f) for f in inputs.files]
     torch.manual_seed(tc.seed)
+    model = build_model(inputs, tc)
+    if tc.user_history:
+        load_history(model, files, tc.history_decay or 0.0)
     head = build_rating_head(inputs, tc)
-    objective = Objective(build_model(inputs, tc), head, tc.rating_weight).to(device)
+    objective = Objective(model, head, tc.rating_weight).to(device)
     optimizer = torch.optim.Adam(objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     n = tc.batch_size
-    users = torch.randint(0, inputs.n_users, (n,), device=device)
-    items = torch.randint(0, inputs.n_items, (n,), device=device)
+    rows = read_columns(files, ["user_idx", "item_idx"])  # a batch of real rows: heavy users recur, as in training
+    pick = torch.randperm(len(rows["user_idx"]))[:n]
+    users, items = (torch.from_numpy(rows[c]).long()[pick].to(device) for c in ("user_idx", "item_idx"))
     ratings = torch.rand(n, device=device) * 4 + 1 if head is not None else None
     weights = torch.rand(n, device=device) if tc.recency_decay else None
+    history_weights = torch.rand(n, device=device) if tc.user_history and tc.history_decay else None
     sampled = 0 < tc.softmax_negatives < inputs.n_items  # as the trainer decides
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
             if sampled:
                 shared = torch.randint(0, inputs.n_items, (tc.softmax_negatives,), device=device)
-                loss, _ = objective(users, items, "softmax", shared, inputs.n_items, ratings=ratings, weights=weights)
+                loss, _ = objective(users, items, "softmax", shared, inputs.n_items, ratings=ratings, weights=weights,
+                                    history_weights=history_weights)
             else:
-                loss, _ = objective(users, items, "softmax", ratings=ratings, weights=weights)
+                loss, _ = objective(users, items, "softmax", ratings=ratings, weights=weights, history_weights=history_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

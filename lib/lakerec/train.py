@@ -195,7 +195,7 @@ def build_rating_head(inputs: TrainInputs, tc: TrainConfig) -> Optional[RatingHe
     return RatingHead(inputs.n_users, inputs.n_items, tc.dim, inputs.rating_mean)
 
 
-def _set_history(model: MatrixFactorization, files: list[str], decay: float) -> None:
+def load_history(model: MatrixFactorization, files: list[str], decay: float) -> None:
     """Give ``model`` every user's training items (all files: not only this rank's shard).
 
     Weights exp(decay x (recency - 1)); with decay 0 a plain mean, which needs no recency column
@@ -246,7 +246,7 @@ def train_worker(inputs_path: str) -> None:
     weighted = (tc.recency_decay or 0.0) > 0
     history_weighted = tc.user_history and (tc.history_decay or 0.0) > 0
     if tc.user_history:
-        _set_history(model, inputs.files, tc.history_decay if history_weighted else 0.0)
+        load_history(model, inputs.files, tc.history_decay if history_weighted else 0.0)
     model = model.to(device)
     head = build_rating_head(inputs, tc)
     objective = Objective(model, head, tc.rating_weight).to(device)
