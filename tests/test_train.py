@@ -129,6 +129,9 @@ def test_user_history_adds_the_weighted_mean_of_the_users_items_and_leaves_the_t
     assert torch.isclose(loss, expected)
     loss.backward()
     assert model.item.weight.grad[1].abs().sum() > 0 and model.item.weight.grad[5].abs().sum() > 0
+    # The padding row of a rank whose shard is done (user 0, item 0, weight 0) leaves the history whole.
+    padding, _ = objective(torch.tensor([0]), torch.tensor([0]), "softmax", history_weights=torch.tensor([0.0]))
+    assert torch.isclose(padding, -model.score(vectors[:1]).log_softmax(-1)[0, 0])
 
 
 def test_recency_weights_make_the_ranking_loss_a_weighted_mean():

@@ -298,6 +298,7 @@ def train_worker(inputs_path: str) -> None:
             ratings = weights = history_weights = None
             if batch is None:  # this rank's shard is done: contribute a zero gradient
                 users = pos = torch.zeros(1, dtype=torch.long, device=device)
+                history_weights = torch.zeros(1, device=device)  # leave nothing out of user 0's history
                 if head is not None:
                     ratings = torch.full((1,), float("nan"), device=device)
             else:
