@@ -21,10 +21,10 @@ import psutil
 from lakerec import features, ingest
 from lakerec.config import load_config
 from lakerec.spark import build_spark
-from lakerec.synthetic import write_movielens
+from lakerec.synthetic import ML25M_ITEMS, ML25M_USERS, write_movielens
 
 OUT = Path(__file__).resolve().parent / "out" / "features"
-FULL = {"users": 162_541, "items": 59_047, "interactions": 25_000_000}
+FULL = {"users": ML25M_USERS, "items": ML25M_ITEMS, "interactions": 25_000_000}
 
 
 class PeakMemory:

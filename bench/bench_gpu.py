@@ -43,11 +43,10 @@ from bench_train import loader_pass, machine, raw_pass
 from lakerec.config import TrainConfig, load_config
 from lakerec.data import count_rows, read_columns
 from lakerec.models import Objective, top_n_block
-from lakerec.synthetic import random_factors
+from lakerec.synthetic import ML25M_ITEMS, ML25M_USERS, random_factors
 from lakerec.train import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs, build_model, build_rating_head, load_history, resolved_train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "gpu_bundle"
-ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
 log = logging.getLogger("bench_gpu")
 
 

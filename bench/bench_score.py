@@ -35,10 +35,9 @@ from tqdm import tqdm
 from lakerec import score, tables
 from lakerec.config import REPO_ROOT, Config, load_config
 from lakerec.models import FactorModel, top_n_block
-from lakerec.synthetic import random_factors
+from lakerec.synthetic import ML25M_ITEMS, ML25M_USERS, random_factors
 from lakerec.spark import build_spark
 
-ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
 BENCH_DS = "2026-01-01"
 SECTION = "## Scoring"
 
@@ -136,7 +135,7 @@ def run_bound(model: FactorModel, lengths: np.ndarray, seen: np.ndarray, cfg: Co
     for lo in tqdm(range(0, len(lengths), block), desc="bound (c)", unit="block", mininterval=5):
         hi = min(lo + block, len(lengths))
         top_n_block(user_f[lo:hi], item_f, bias, lengths[lo:hi], seen[offsets[lo]:offsets[hi]],
-                          cfg.score.top_n, buffer)
+                    cfg.score.top_n, buffer)
     return time.perf_counter() - start
 
 

@@ -23,6 +23,7 @@ GENRES = (
 )
 WORDS = ("night", "city", "love", "war", "river", "star", "ghost", "king", "road", "summer", "code", "island")
 OVERSAMPLE = 2.5
+ML25M_USERS, ML25M_ITEMS = 162_541, 59_047  # the MovieLens 25M shape the scale benchmarks use
 START_TS, END_TS = 946_684_800, 1_700_000_000  # 2000-01-01 .. 2023-11
 
 
