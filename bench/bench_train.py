@@ -8,7 +8,7 @@ files from the Delta log, then measures in this one process:
   (a) loader: make_batch_reader + BatchedDataLoader (thread pool, race-patched) as the trainer
       uses it, fresh reader per pass: rows/s per process;
   (b) bound: pyarrow reading the same files and columns into numpy arrays, one file per thread on
-      as many threads as the loader has readers (``--workers``): rows/s;
+      as many threads as the loader has readers (``--workers``), memory-mapped like the loader: rows/s;
   (c) training: ``train_worker`` (the default model and loss, one rank, CPU) for one epoch over the
       first ``--train-rows`` examples: examples/s.
 
@@ -90,9 +90,10 @@ def loader_pass(files: list[str], batch_size: int, workers: int, epoch: int) -> 
 
 def raw_pass(files: list[str], workers: int) -> float:
     """The same files and columns read by pyarrow straight into numpy arrays, row group by row group,
-    one file per thread on ``workers`` threads (the loader's reader count): rows/s."""
+    one file per thread on ``workers`` threads (the loader's reader count), memory-mapped as the
+    loader reads local files: rows/s."""
     def read(f: str) -> int:
-        parquet, rows = pq.ParquetFile(f.removeprefix("file:")), 0
+        parquet, rows = pq.ParquetFile(f.removeprefix("file:"), memory_map=True), 0
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=COLUMNS, use_threads=False)
             rows += len([table.column(c).to_numpy() for c in COLUMNS][0])

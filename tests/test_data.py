@@ -7,7 +7,15 @@ import torch
 
 from conftest import make_config
 from lakerec import features, ingest, tables, train
-from lakerec.data import PromptVentilator, ZeroCopyBatchBuffer, active_files, count_rows, iterate_batches, spark_converter
+from lakerec.data import (
+    MappedLocalFileSystem,
+    PromptVentilator,
+    ZeroCopyBatchBuffer,
+    active_files,
+    count_rows,
+    iterate_batches,
+    spark_converter,
+)
 
 COLUMNS = ["user_idx", "item_idx", "label"]
 
@@ -88,6 +96,42 @@ def test_readers_poll_for_queue_room_every_millisecond(examples):
         assert isinstance(reader.ventilator, PromptVentilator)
         assert reader.ventilator._ventilation_interval == 0.001
         assert sum(len(batch.user_idx) for batch in reader) == len(rows)
+
+
+def test_local_files_are_read_through_memory_maps(examples, monkeypatch):
+    """Row groups of local files are read from memory maps, not Python file objects that need the GIL."""
+    import pyarrow as pa
+
+    files, rows = examples
+    opened = []
+    open_mapped = MappedLocalFileSystem.open
+
+    def recording_open(self, path, mode="rb"):
+        opened.append(open_mapped(self, path, mode))
+        return opened[-1]
+
+    monkeypatch.setattr(MappedLocalFileSystem, "open", recording_open)
+    assert len(_read(files, workers=2)) == len(rows)
+    assert opened and all(isinstance(f, pa.MemoryMappedFile) for f in opened)
+
+
+def test_numeric_row_groups_become_numpy_without_pandas_and_others_keep_petastorms_conversion():
+    import numpy as np
+    import pyarrow as pa
+    from petastorm import arrow_reader_worker
+    from petastorm.unischema import Unischema
+
+    from lakerec import data
+
+    assert arrow_reader_worker.convert_arrow_table_to_numpy_dict is data._table_to_numpy_dict
+    numeric = pa.table({"user_idx": pa.array([3, 1, 2], pa.int32()), "label": pa.array([1.0, 0.0, 1.0], pa.float32())})
+    arrays = data._table_to_numpy_dict(numeric, Unischema("t", []))
+    expected = data._table_to_numpy_dict_via_pandas(numeric, Unischema("t", []))
+    assert {k: (v.dtype, v.tolist()) for k, v in arrays.items()} == {k: (v.dtype, v.tolist()) for k, v in expected.items()}
+    assert np.shares_memory(arrays["user_idx"], np.frombuffer(numeric.column("user_idx").chunk(0).buffers()[1], np.int32))
+    with_null = pa.table({"user_idx": pa.array([3, None], pa.int32())})
+    converted = data._table_to_numpy_dict(with_null, Unischema("t", []))["user_idx"]
+    assert converted.dtype == np.float64 and converted[0] == 3 and np.isnan(converted[1])
 
 
 def test_epochs_reshuffle_row_group_order(examples):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from petastorm import make_batch_reader
+from petastorm import arrow_reader_worker, make_batch_reader
 from petastorm import pytorch as petastorm_pytorch
 from petastorm import reader as petastorm_reader
 from petastorm.arrow_reader_worker import ArrowReaderWorker
@@ -25,6 +25,7 @@ from petastorm.pytorch import BatchedDataLoader
 from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedShufflingBufferBase
 from petastorm.workers_pool.thread_pool import ThreadPool
 from petastorm.workers_pool.ventilator import ConcurrentVentilator
+from pyarrow.filesystem import LocalFileSystem
 
 if TYPE_CHECKING:  # GPU trainer nodes have no Spark: only the driver-side helpers need it
     from petastorm.spark import SparkDatasetConverter
@@ -70,29 +71,32 @@ class ZeroCopyBatchBuffer(BatchedShufflingBufferBase):
 
     def __init__(self, batch_size: int = 1) -> None:
         super().__init__(batch_size=batch_size)
-        self._chunks: deque[list[torch.Tensor]] = deque()
+        self._chunks: deque[tuple[list[torch.Tensor], int]] = deque()
         self._offset = 0
         self._size = 0
         self._done_adding = False
 
     def _add_many(self, items: list[torch.Tensor]) -> None:
-        if len(items[0]):
-            self._chunks.append(items)
-            self._size += len(items[0])
+        rows = items[0].shape[0]
+        if rows:
+            self._chunks.append((items, rows))
+            self._size += rows
 
     def retrieve(self) -> list[torch.Tensor]:
         wanted = min(self._size, self.batch_size)
+        self._size -= wanted
         parts = []
         while wanted:
-            chunk = self._chunks[0]
-            take = min(len(chunk[0]) - self._offset, wanted)
-            parts.append([column[self._offset : self._offset + take] for column in chunk])
-            self._offset += take
+            chunk, rows = self._chunks[0]
+            start = self._offset
+            take = min(rows - start, wanted)
+            parts.append([column[start : start + take] for column in chunk])
             wanted -= take
-            self._size -= take
-            if self._offset == len(chunk[0]):
+            if start + take == rows:
                 self._chunks.popleft()
                 self._offset = 0
+            else:
+                self._offset = start + take
         return parts[0] if len(parts) == 1 else [torch.cat(columns) for columns in zip(*parts)]
 
     def can_retrieve(self) -> bool:
@@ -107,6 +111,34 @@ class ZeroCopyBatchBuffer(BatchedShufflingBufferBase):
 
     def finish(self) -> None:
         self._done_adding = True
+
+
+class MappedLocalFileSystem(LocalFileSystem):
+    """Petastorm's local filesystem, opening files for reading as memory maps instead of Python files.
+
+    Through a Python file object every read of a row group waits for the GIL, which the training loop
+    (and the loader's consumer) holds most of the time; pyarrow reads a memory map without it. On
+    the bench-train files the loader went from 0.82-0.86 to 0.93-0.95 of the raw bound (medians).
+    """
+
+    def open(self, path, mode: str = "rb"):
+        return pa.memory_map(str(path)) if mode == "rb" else super().open(path, mode)
+
+
+_table_to_numpy_dict_via_pandas = arrow_reader_worker.convert_arrow_table_to_numpy_dict
+
+
+def _table_to_numpy_dict(table: pa.Table, schema) -> dict[str, np.ndarray]:
+    """A row group's columns as numpy arrays, straight from arrow when all are numbers without nulls.
+
+    petastorm 0.13.1 goes through a pandas Series per column; for such columns the arrays are the
+    same (zero-copy views), so only other types and columns with nulls keep its path.
+    """
+    columns = table.columns
+    if all(c.num_chunks == 1 and c.null_count == 0 and (pa.types.is_integer(c.type) or pa.types.is_floating(c.type))
+           for c in columns):
+        return {name: column.chunk(0).to_numpy() for name, column in zip(table.column_names, columns)}
+    return _table_to_numpy_dict_via_pandas(table, schema)
 
 
 _read_row_group_with_copy = ArrowReaderWorker._read_with_shuffle_row_drop
@@ -160,6 +192,7 @@ petastorm_reader.ThreadPool = EndOfDataSafeThreadPool
 petastorm_reader.ConcurrentVentilator = PromptVentilator
 petastorm_pytorch.BatchedNoopShufflingBuffer = ZeroCopyBatchBuffer
 ArrowReaderWorker._read_with_shuffle_row_drop = _read_row_group
+arrow_reader_worker.convert_arrow_table_to_numpy_dict = _table_to_numpy_dict
 dataset_metadata._split_row_groups_from_footers = _split_row_groups_from_cached_footers
 
 
@@ -224,6 +257,7 @@ def iterate_batches(
     stay disjoint and together cover the table).
     """
     urls = [_as_url(_local(f)) for f in files]
+    local = all(url.startswith("file://") for url in urls)
     with make_batch_reader(
         urls,
         schema_fields=columns,
@@ -234,6 +268,7 @@ def iterate_batches(
         seed=seed + epoch,
         workers_count=workers,
         reader_pool_type="thread",
+        filesystem=MappedLocalFileSystem() if local else None,
     ) as reader:
         loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer)
         yield from loader
