@@ -115,6 +115,15 @@ def test_local_files_are_read_through_memory_maps(examples, monkeypatch):
     assert opened and all(isinstance(f, pa.MemoryMappedFile) for f in opened)
 
 
+def test_relative_paths_are_read_as_local_files(examples, monkeypatch):
+    import os
+
+    files, rows = examples
+    paths = [f.removeprefix("file:") for f in files]
+    monkeypatch.chdir(os.path.dirname(paths[0]))
+    assert sorted(_read([os.path.basename(p) for p in paths])) == sorted(_read(files))
+
+
 def test_numeric_row_groups_become_numpy_without_pandas_and_others_keep_petastorms_conversion():
     import numpy as np
     import pyarrow as pa

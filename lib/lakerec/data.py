@@ -8,6 +8,7 @@ make_spark_converter materialises the version into its cache). Workers read eith
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
@@ -237,7 +238,7 @@ def _local(url: str) -> str:
 
 
 def _as_url(path: str) -> str:
-    return path if "://" in path else "file://" + path
+    return path if "://" in path else "file://" + os.path.abspath(path)
 
 
 def iterate_batches(
