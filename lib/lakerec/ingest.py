@@ -143,11 +143,12 @@ def validate_interactions(
 
 
 def flag_batch_duplicates(parsed: DataFrame, key: tuple[str, ...]) -> DataFrame:
-    """Mark every repeat of a key within one batch as ``duplicate_in_batch`` (the first one is kept)."""
-    w = Window.partitionBy(*key).orderBy("raw_file", "raw")
+    """Mark every repeat of a key among one batch's valid rows as ``duplicate_in_batch`` (the first
+    one is kept): a rejected row with the same key must not displace the valid one."""
     valid = F.col("reason").isNull()
-    rn = F.when(valid, F.row_number().over(w))
-    return parsed.withColumn("reason", F.when(valid & (rn > 1), F.lit("duplicate_in_batch")).otherwise(F.col("reason")))
+    w = Window.partitionBy(valid, *key).orderBy("raw_file", "raw")
+    return parsed.withColumn("reason", F.when(valid & (F.row_number().over(w) > 1), F.lit("duplicate_in_batch"))
+                             .otherwise(F.col("reason")))
 
 
 # ---------------------------------------------------------------- items
