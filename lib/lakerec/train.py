@@ -123,11 +123,13 @@ def _save_checkpoint(model_dir: Path, epoch: int, state: dict[str, Any]) -> Path
     return path
 
 
-def _load_checkpoint(model_dir: Path, fingerprint: str, device: torch.device) -> Optional[dict[str, Any]]:
+def _load_checkpoint(model_dir: Path, fingerprint: str) -> Optional[dict[str, Any]]:
+    """The newest checkpoint, on the CPU: the RNG states must stay CPU byte tensors, and
+    ``load_state_dict`` moves the weights and the optimizer's moments to the model's device."""
     paths = checkpoint_paths(model_dir)
     if not paths:
         return None
-    state = torch.load(paths[-1], map_location=device)
+    state = torch.load(paths[-1], map_location="cpu")
     if state["fingerprint"] != fingerprint:
         log.warning("ignoring %s: it was trained on other inputs, config or world size", paths[-1])
         return None
@@ -257,7 +259,7 @@ def train_worker(inputs_path: str) -> None:
     start_epoch, best = 0, {"loss": float("inf"), "ndcg": -1.0, "epoch": -1}
     val = validation.ValidationSet.load(inputs.validation) if inputs.validation and rank == 0 else None
 
-    state = _load_checkpoint(model_dir, fingerprint, device) if tc.resume else None
+    state = _load_checkpoint(model_dir, fingerprint) if tc.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         if head is not None:
