@@ -14,7 +14,9 @@ from lakerec.evaluate import (
     intra_list_diversity,
     novelty,
     ranking_metrics,
+    rated_test_pairs,
     rating_errors,
+    warm_truth,
 )
 
 
@@ -97,6 +99,20 @@ def test_spark_rating_errors_equal_the_python_twins(spark):
     assert got == pytest.approx({"rmse": metrics.rmse(pairs), "mae": metrics.mae(pairs)})
 
 
+def test_only_users_with_training_items_are_ranked_and_only_known_pairs_are_rated(spark):
+    """Every model is compared on the same users and rating rows: the ones a baseline can score."""
+    silver = spark.createDataFrame(
+        [(0, 0, 4.0, "train"), (0, 1, 3.0, "train"), (1, 1, 5.0, "train"),
+         (0, 2, 2.0, "test"), (1, 0, 4.5, "test"), (2, 1, 1.0, "test"), (1, 3, None, "train")],
+        "user_idx int, item_idx int, rating double, split string")
+    train, test = rated_test_pairs(silver)
+    assert train.count() == 3
+    assert sorted(tuple(r) for r in test.select("user_idx", "item_idx").collect()) == [(1, 0)]  # item 2, user 2: new
+    truth = spark.createDataFrame([(0, 2), (1, 0), (2, 1)], "user int, item int")
+    seen = spark.createDataFrame([(0, [0, 1]), (1, [1])], "user_idx int, seen array<int>")
+    assert sorted(tuple(r) for r in warm_truth(truth, seen).collect()) == [(0, 2), (1, 0)]
+
+
 def test_format_table_shows_a_dash_where_a_model_has_no_value():
     rows = [
         {"model": "model", "metric": "ndcg", "k": 10, "value": 0.25},
@@ -133,7 +149,7 @@ def test_metrics_table_holds_model_and_baseline_rows(spark, pipeline_run):
 def test_model_rating_error_is_the_rating_head_on_the_test_ratings(spark, pipeline_run):
     import numpy as np
 
-    from lakerec.features import TEST
+    from lakerec.features import TEST, TRAIN
     from lakerec.models import FactorModel
     from lakerec.train import FACTORS_FILE, META_FILE, RATING_HEAD_FILE, latest_model_dir
 
@@ -144,8 +160,10 @@ def test_model_rating_error_is_the_rating_head_on_the_test_ratings(spark, pipeli
     factors = FactorModel.load(model_dir / FACTORS_FILE)
     with np.load(model_dir / RATING_HEAD_FILE) as head:
         mean, user_bias, item_bias, weight = head["mean"], head["user_bias"], head["item_bias"], head["weight"]
-    test = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where(F.col("split") == TEST)
-            .select("user_idx", "item_idx", "rating").toPandas())
+    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx", "rating", "split").toPandas()
+    train = silver[(silver["split"] == TRAIN) & silver["rating"].notna()]
+    test = silver[(silver["split"] == TEST) & silver["user_idx"].isin(train["user_idx"]) & silver["item_idx"].isin(train["item_idx"])]
+    assert len(test) > 0
     u, i = test["user_idx"].to_numpy(), test["item_idx"].to_numpy()
     predicted = mean + user_bias[u] + item_bias[i] + (factors.user_factors[u] * weight * factors.item_factors[i]).sum(1)
     errors = np.clip(predicted, cfg.source.rating_min, cfg.source.rating_max) - test["rating"].to_numpy()

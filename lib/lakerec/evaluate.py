@@ -141,12 +141,39 @@ def _users_of(seen: DataFrame, truth: DataFrame) -> DataFrame:
     return seen.join(truth.select(F.col("user").alias("user_idx")).distinct(), "user_idx")
 
 
+def warm_truth(truth: DataFrame, seen: DataFrame) -> DataFrame:
+    """``truth`` of the users with training items: the users every model can rank from a history.
+
+    A user with no training row (possible under ``global_time``) gets the scorer's popularity
+    fallback from the model but no list from a baseline; counting them would credit the model alone.
+    """
+    return truth.join(seen.select(F.col("user_idx").alias("user")), "user", "left_semi")
+
+
+def rated_test_pairs(silver: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(train, test) ratings, test cut to users and items that have training ratings.
+
+    Explicit ALS cannot predict the others (``coldStartStrategy=drop``), so the model's and ALS's
+    RMSE/MAE are taken over these same rows.
+    """
+    rated = silver.where(F.col("rating").isNotNull()).select("user_idx", "item_idx", "rating", "split")
+    train = rated.where(F.col("split") == TRAIN).drop("split")
+    test = (rated.where(F.col("split") == TEST).drop("split")
+            .join(train.select("user_idx").distinct(), "user_idx", "left_semi")
+            .join(train.select("item_idx").distinct(), "item_idx", "left_semi"))
+    return train, test
+
+
 def load_inputs(spark: SparkSession, cfg: Config) -> EvalInputs:
     """Read the split, catalogue and item side data once for every model's evaluation."""
     silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
     seen = seen_items(silver)
-    truth = positives(silver, TEST).cache()
-    val = positives(silver, VALIDATION)
+    truth = positives(silver, TEST)
+    cold = truth.select("user").distinct().join(seen.select(F.col("user_idx").alias("user")), "user", "left_anti").count()
+    if cold:
+        log.info("%d test users have no training items: every model is evaluated without them", cold)
+    truth = warm_truth(truth, seen).cache()
+    val = warm_truth(positives(silver, VALIDATION), seen)
     has_val = val.limit(1).count() > 0
     item_genres = None
     if tables.exists(spark, cfg, tables.ITEM_FEATURES):
@@ -233,8 +260,7 @@ def fit_ease(spark: SparkSession, cfg: Config, inputs: EvalInputs) -> Optional[F
 def als_rating_errors(spark: SparkSession, cfg: Config) -> Optional[dict[str, float]]:
     """RMSE/MAE of explicit ALS on the test ratings; None when the source has no ratings."""
     ac = cfg.evaluate.als
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where(F.col("rating").isNotNull())
-    train, test = silver.where(F.col("split") == TRAIN), silver.where(F.col("split") == TEST)
+    train, test = rated_test_pairs(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
     if train.limit(1).count() == 0 or test.limit(1).count() == 0:
         log.info("als rating error skipped: no ratings in the train or test split")
         return None
@@ -244,16 +270,14 @@ def als_rating_errors(spark: SparkSession, cfg: Config) -> Optional[dict[str, fl
 
 
 def model_rating_errors(spark: SparkSession, cfg: Config, model_dir: Path) -> Optional[dict[str, float]]:
-    """RMSE/MAE of the model's rating head on the test ratings; None when it has no head."""
+    """RMSE/MAE of the model's rating head on the test ratings ALS is scored on; None when it has no head."""
     head_path = model_dir / RATING_HEAD_FILE
     if not head_path.is_file():
         return None
     factors, head = FactorModel.load(model_dir / FACTORS_FILE), RatingPredictor.load(head_path)
     n_users, n_items = factors.user_factors.shape[0], factors.item_factors.shape[0]
-    test = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
-            .where((F.col("split") == TEST) & F.col("rating").isNotNull()
-                   & (F.col("user_idx") < n_users) & (F.col("item_idx") < n_items))
-            .select("user_idx", "item_idx", "rating"))
+    _, test = rated_test_pairs(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
+    test = test.where((F.col("user_idx") < n_users) & (F.col("item_idx") < n_items))
     broadcast = spark.sparkContext.broadcast((factors, head))
     low, high = cfg.source.rating_min, cfg.source.rating_max
 
