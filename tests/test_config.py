@@ -9,9 +9,9 @@ from lakerec.config import ConfigError, load_config
 
 
 def test_defaults_load_and_overrides_apply():
-    cfg = load_config("local", overrides=["train.epochs=3", "score.top_n=7", "evaluate.k=[5, 10]"])
+    cfg = load_config("local", overrides=["train.epochs=3", "score.top_n=12", "evaluate.k=[5, 10]"])
     assert cfg.train.epochs == 3
-    assert cfg.score.top_n == 7
+    assert cfg.score.top_n == 12
     assert cfg.evaluate.k == [5, 10]
     assert cfg.spark.delta_package == "io.delta:delta-spark_2.13:4.0.1"
 
@@ -32,6 +32,14 @@ def test_defaults_load_and_overrides_apply():
         ("train.user_history=maybe", "train.user_history"),
         ("source.path=/no/such/dir", "source.path"),
         ("spark.delta_jars=[/no/such.jar]", "spark.delta_jars[0]"),
+        ("features.training_files=1", "features.training_files"),  # 2 DDP ranks by default
+        ("train.weight_decay=-1e-4", "train.weight_decay"),
+        ("train.validation_users=0", "train.validation_users"),
+        ("score.top_n=20", "evaluate.k"),  # evaluate.k goes to 100 by default
+        ("evaluate.als.reg_param=-1", "evaluate.als.reg_param"),
+        ("evaluate.als.tune_alphas=[1.0, -5.0]", "evaluate.als.alpha"),
+        ("evaluate.als.rating_rank=0", "evaluate.als.rating_rank"),
+        ("spark.conf={spark.executor: {memory: 8g}}", "spark.conf.spark.executor"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
@@ -56,9 +64,14 @@ def test_decays_follow_the_split_unless_set():
 
 def test_conf_file_layers_over_env(tmp_path: Path):
     extra = tmp_path / "team.yaml"
-    extra.write_text("train:\n  dim: 16\nscore:\n  top_n: 5\n")
+    extra.write_text("train:\n  dim: 16\nscore:\n  top_n: 5\nevaluate:\n  k: [5]\n")
     cfg = load_config("local", conf_file=str(extra), overrides=["score.top_n=9"])
     assert (cfg.train.dim, cfg.score.top_n) == (16, 9)
+
+
+def test_a_dotted_key_below_spark_conf_is_one_spark_setting():
+    cfg = load_config("local", overrides=["spark.conf.spark.executor.memory=8g", "spark.conf.spark.sql.ansi.enabled=true"])
+    assert cfg.spark.conf == {"spark.executor.memory": "8g", "spark.sql.ansi.enabled": "true"}
 
 
 def test_unknown_env_and_missing_file_are_named(tmp_path):

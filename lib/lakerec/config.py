@@ -255,13 +255,29 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _with_map_keys_joined(parts: list[str]) -> list[str]:
+    """Below a mapping field the rest of a dotted key is one map key:
+    ``spark.conf.spark.executor.memory`` sets ``spark.executor.memory`` in ``spark.conf``."""
+    cls: Any = Config
+    for i, part in enumerate(parts[:-1]):
+        hint = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(hint) is dict:
+            return parts[: i + 1] + [".".join(parts[i + 1 :])]
+        if not dataclasses.is_dataclass(hint):
+            return parts
+        cls = hint
+    return parts
+
+
 def _apply_set(data: dict, assignment: str) -> dict:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     dotted, raw = assignment.split("=", 1)
     node: dict = {}
     leaf = node
-    parts = dotted.strip().split(".")
+    parts = _with_map_keys_joined(dotted.strip().split("."))
     for part in parts[:-1]:
         leaf[part] = {}
         leaf = leaf[part]
@@ -293,7 +309,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        return {str(k): str(v) for k, v in value.items()}
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) or v is None:
+                raise ConfigError(f"config key '{key}.{k}' must be a single value, got {v!r}")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
@@ -336,6 +355,11 @@ def _check_semantics(cfg: Config) -> None:
             "test_fraction + val_fraction must be < 1",
         ),
         ("features.training_files", cfg.features.training_files >= 1, "must be >= 1"),
+        (
+            "features.training_files",
+            cfg.features.training_files >= cfg.train.num_processes,
+            f"must be >= train.num_processes ({cfg.train.num_processes}): each DDP rank reads whole files",
+        ),
         ("features.test_k", cfg.features.test_k is None or cfg.features.test_k >= 1, "must be >= 1 or null"),
         ("features.kcore", cfg.features.kcore >= 0, "must be >= 0"),
         ("embed.batch_size", cfg.embed.batch_size >= 1, "must be >= 1"),
@@ -351,6 +375,9 @@ def _check_semantics(cfg: Config) -> None:
         ("train.patience", cfg.train.patience >= 1, "must be >= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
+        ("train.weight_decay", cfg.train.weight_decay >= 0, "must be >= 0"),
+        ("train.l2", cfg.train.l2 >= 0, "must be >= 0"),
+        ("train.validation_users", cfg.train.validation_users >= 1, "must be >= 1"),
         ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),
         ("train.max_restarts", cfg.train.max_restarts >= 0, "must be >= 0"),
         ("train.softmax_negatives", cfg.train.softmax_negatives >= 0, "must be >= 0"),
@@ -363,8 +390,19 @@ def _check_semantics(cfg: Config) -> None:
         ("score.min_coverage_ratio", 0.0 <= cfg.score.min_coverage_ratio <= 1.0, "must be in [0, 1]"),
         ("source.rating_max", cfg.source.rating_max >= cfg.source.rating_min, "must be >= source.rating_min"),
         ("evaluate.k", bool(cfg.evaluate.k) and all(k >= 1 for k in cfg.evaluate.k), "must be a non-empty list of ints >= 1"),
+        (
+            "evaluate.k",
+            max(cfg.evaluate.k, default=0) <= cfg.score.top_n,
+            f"must not exceed score.top_n ({cfg.score.top_n}): the model's lists end there, the baselines' would not",
+        ),
         ("evaluate.als.rank", cfg.evaluate.als.rank >= 1 and all(r >= 1 for r in cfg.evaluate.als.tune_ranks), "must be >= 1"),
         ("evaluate.als.max_iter", cfg.evaluate.als.max_iter >= 1, "must be >= 1"),
+        ("evaluate.als.reg_param", cfg.evaluate.als.reg_param >= 0 and all(v >= 0 for v in cfg.evaluate.als.tune_reg_params),
+         "must be >= 0 (and every evaluate.als.tune_reg_params)"),
+        ("evaluate.als.alpha", cfg.evaluate.als.alpha >= 0 and all(v >= 0 for v in cfg.evaluate.als.tune_alphas),
+         "must be >= 0 (and every evaluate.als.tune_alphas)"),
+        ("evaluate.als.rating_rank", cfg.evaluate.als.rating_rank >= 1, "must be >= 1"),
+        ("evaluate.als.rating_reg_param", cfg.evaluate.als.rating_reg_param >= 0, "must be >= 0"),
         ("evaluate.ease.l2", cfg.evaluate.ease.l2 > 0 and all(v > 0 for v in cfg.evaluate.ease.tune_l2), "must be > 0"),
     ]
     for key, ok, message in checks:
