@@ -120,6 +120,26 @@ def test_cold_users_get_the_popularity_fallback(spark, pipeline_run):
     assert fallback.select("user_key").distinct().count() == all_users - train_users
 
 
+def test_users_newer_than_the_model_get_popularity_minus_what_they_have_seen(spark, pipeline_run, tmp_path):
+    """Features rerun after the model was trained: its last users have history but no model row."""
+    cfg, _ = pipeline_run
+    good = latest_model_dir(cfg)
+    older = tmp_path / "older-model"
+    shutil.copytree(good, older)
+    model = FactorModel.load(good / FACTORS_FILE)
+    n_users = model.user_factors.shape[0] - 3
+    FactorModel(model.user_factors[:n_users], model.item_factors, model.item_bias).save(older / FACTORS_FILE)
+
+    recs = score.build_recommendations(spark, cfg, "2026-01-04", older).cache()
+    assert score.gate_failures(spark, cfg, recs, "2026-01-04") == []
+    train_users = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where("split = 'train'").select("user_idx").distinct()
+    modelled = train_users.where(F.col("user_idx") < n_users).count()
+    assert modelled == train_users.count() - 3
+    all_users = tables.read(spark, cfg, tables.ID_MAP_USERS).count()
+    assert recs.where(F.col("reason") == score.FALLBACK_REASON).select("user_key").distinct().count() == all_users - modelled
+    recs.unpersist()
+
+
 def test_publish_gate_blocks_a_broken_model_and_keeps_the_last_good_output(spark, pipeline_run, tmp_path):
     cfg, _ = pipeline_run
     before = sorted(tuple(r) for r in tables.read(spark, cfg, tables.RECOMMENDATIONS).collect())

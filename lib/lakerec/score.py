@@ -9,6 +9,7 @@ per worker is ``score.block_size`` x catalogue floats plus the factors, never ti
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -144,22 +145,19 @@ def build_recommendations(spark: SparkSession, cfg: Config, ds: str, model_dir: 
     model_version = model_dir.name
     n, sc = cfg.score.top_n, cfg.score
     n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
-    # Users who arrived after training have no model row: they get the fallback like cold users.
-    users = seen_items(silver).where(F.col("user_idx") < n_users)
+    seen = seen_items(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
+    users = seen.where(F.col("user_idx") < n_users)
     scored = score_users(users, model, model_version, n, sc.block_size, sc.threads_per_worker)
     scored = scored.withColumn("reason", F.lit(MODEL_REASON))
 
-    pop = popularity_model(spark, cfg, n_users, n_items)
-    top_pop = np.argsort(-pop.item_bias, kind="stable")[:n]
-    fallback_list = spark.createDataFrame(
-        [(int(i), r + 1, float(pop.item_bias[i])) for r, i in enumerate(top_pop)], "item_idx int, rank int, score float"
-    )
-    cold = (
-        tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"))
-        .join(users.select("user_idx"), "user_idx", "left_anti")
-    )
-    fallback = cold.crossJoin(F.broadcast(fallback_list)).withColumn("reason", F.lit(FALLBACK_REASON))
+    # Everyone else gets popularity, minus what they have seen: users without training history, and
+    # users who arrived after this model was trained (their history is in silver, not in the model).
+    all_users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"))
+    cold = all_users.join(users.select("user_idx"), "user_idx", "left_anti").join(seen, "user_idx", "left")
+    pop = popularity_model(spark, cfg, all_users.count(), n_items)
+    # A fresh key: the counts change with the examples, and workers cache tensors by key.
+    fallback = score_users(cold, pop, f"popularity-{uuid.uuid4().hex}", n, sc.block_size, sc.threads_per_worker)
+    fallback = fallback.withColumn("reason", F.lit(FALLBACK_REASON))
     recs = _with_keys(spark, cfg, scored.unionByName(fallback))
     return recs.select(
         F.lit(ds).alias("ds"), "user_key", "rank", "item_key", "score",
