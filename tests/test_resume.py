@@ -236,3 +236,30 @@ def test_mlflow_tracks_params_epochs_and_model_files_and_a_resumed_run_continues
                                                                        "model/meta.json"}
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert (store / "mlflow.db").is_file() and any((store / "artifacts").rglob("factors.npz"))
+
+
+def test_a_run_killed_after_its_early_stop_epoch_publishes_without_training_on(example_files, tmp_path, monkeypatch):
+    """The checkpoint of the epoch that stopped early is final: resuming from it trains no further epoch."""
+    from lakerec.validation import ValidationSet
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    rng = np.random.default_rng(5)
+    users = np.arange(0, N_USERS, 10)
+    val_path = tmp_path / "validation.npz"
+    ValidationSet(users, [set(rng.integers(0, N_ITEMS, 3).tolist()) for _ in users],
+                  [np.zeros(0, np.int64) for _ in users]).save(val_path)
+    model_dir = tmp_path / "mf-early"
+    inputs_path = write_inputs(model_dir, example_files, epochs=8, patience=1)
+    inputs = json.loads(inputs_path.read_text())
+    inputs_path.write_text(json.dumps({**inputs, "validation": str(val_path)}))
+
+    train_worker(str(inputs_path))
+    stopped = meta(model_dir)
+    assert len(stopped["history"]) < 8, "no early stop: the test needs one"
+    (model_dir / META_FILE).unlink()  # as if killed after the last checkpoint, before publishing
+    train_worker(str(inputs_path))
+    resumed = meta(model_dir)
+    assert resumed["resumed_from_epoch"] == 8
+    assert resumed["history"] == stopped["history"]
+    assert resumed["weights_sha256"] == stopped["weights_sha256"]

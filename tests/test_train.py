@@ -204,3 +204,15 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
     with torch.no_grad():
         expected = head(model.user_vectors(users), model.item_vectors(items), users, items).numpy()
     assert np.allclose(predictor.predict(FactorModel.from_mf(model), users.numpy(), items.numpy()), expected, atol=1e-5)
+
+
+def test_another_training_config_gets_its_own_model_version():
+    """Retraining a day with other settings must not write into the folder LATEST points to."""
+    from lakerec.config import load_config
+    from lakerec.train import _model_version
+
+    base = _model_version(load_config("local"), "2026-01-01", 3)
+    assert base.startswith("mf-2026-01-01-t3-")
+    assert _model_version(load_config("local", overrides=["train.dim=128"]), "2026-01-01", 3) != base
+    # keys a run may change and still resume from its checkpoints keep the folder
+    assert _model_version(load_config("local", overrides=["train.epochs=30", "train.max_restarts=0"]), "2026-01-01", 3) == base

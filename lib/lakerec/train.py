@@ -98,6 +98,15 @@ class TrainInputs:
         return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
 
 
+def _model_version(cfg: Config, ds: str, table_version: int) -> str:
+    """``<model>-<ds>-t<table version>-<config digest>``: another training config for the same day
+    gets its own folder, so training it never touches the model ``LATEST`` points to. The keys a
+    run may change and still resume (epochs, launcher, ...) are left out, as for checkpoints."""
+    train = {k: v for k, v in asdict(resolved_train(cfg)).items() if k not in _RESUMABLE_KEYS}
+    digest = hashlib.sha256(json.dumps(train, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.train.model.replace('_', '')}-{ds}-t{table_version}-{digest}"
+
+
 def _weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -268,6 +277,8 @@ def train_worker(inputs_path: str) -> None:
         negatives.set_state(state["negatives"][rank])
         torch.set_rng_state(state["torch_rng"][rank])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        if inputs.validation and state["epoch"] - best["epoch"] >= tc.patience:
+            start_epoch = tc.epochs  # that epoch had stopped early: publish, as the killed run would have
         if rank == 0:
             log.info("resuming %s after epoch %d", inputs.model_version, state["epoch"])
     tracker = None
@@ -471,7 +482,7 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         files = active_files(spark, path, table_version)
     n_users = tables.read(spark, cfg, tables.ID_MAP_USERS, versions[tables.ID_MAP_USERS.qualified]).count()
     n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS, versions[tables.ID_MAP_ITEMS.qualified]).count()
-    model_version = f"{cfg.train.model.replace('_', '')}-{ds}-t{table_version}"
+    model_version = _model_version(cfg, ds, table_version)
     model_dir = Path(resolve_path(cfg.models_dir)) / model_version
     model_dir.mkdir(parents=True, exist_ok=True)
     side_path = val_path = None
