@@ -209,3 +209,20 @@ def test_row_groups_come_from_each_footer_once_and_match_petastorms_split(tmp_pa
     for path in paths:  # the next epoch's reader needs no footer: the files are not even opened
         Path(path).unlink()
     assert [(p.path, p.row_group) for p in data._split_row_groups_from_cached_footers(dataset)] == expected
+
+
+def test_footers_and_columns_are_read_from_urls_of_other_filesystems(examples):
+    """Files on object stores (s3a://, gs://, ...) are opened through fsspec, here its memory filesystem."""
+    import fsspec
+
+    from lakerec.data import read_columns
+
+    files, rows = examples
+    memory = fsspec.filesystem("memory")
+    urls = []
+    for i, f in enumerate(files):
+        memory.pipe(f"/lakerec-test/part-{i}.parquet", Path(f.removeprefix("file:")).read_bytes())
+        urls.append(f"memory://lakerec-test/part-{i}.parquet")
+    assert count_rows(urls) == count_rows(files) == len(rows)
+    got = read_columns(urls, ["user_idx", "item_idx"])
+    assert set(zip(got["user_idx"].tolist(), got["item_idx"].tolist())) == rows

@@ -13,6 +13,7 @@ import warnings
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -224,13 +225,22 @@ def spark_converter(
 
 def count_rows(files: list[str]) -> int:
     """Row count from parquet footers, without reading data."""
-    return sum(pq.ParquetFile(_local(f)).metadata.num_rows for f in files)
+    return sum(_parquet_file(f).metadata.num_rows for f in files)
 
 
 def read_columns(files: list[str], columns: list[str]) -> dict[str, np.ndarray]:
     """``columns`` of every row of ``files`` as numpy arrays, with pyarrow (no Spark): e.g. user histories."""
-    table = pa.concat_tables([pq.read_table(_local(f), columns=columns) for f in files])
+    table = pa.concat_tables([_parquet_file(f).read(columns=columns) for f in files])
     return {c: table.column(c).to_numpy() for c in columns}
+
+
+def _parquet_file(url: str) -> pq.ParquetFile:
+    """A parquet file by local path or URL: local files memory-mapped, other schemes (``s3a://``,
+    ``gs://``, ``abfss://``...) through fsspec, as petastorm opens them (needs that scheme's package)."""
+    if "://" not in url or url.startswith("file:"):
+        return pq.ParquetFile(_local(url), memory_map=True)
+    filesystem, path = fsspec.core.url_to_fs(url)
+    return pq.ParquetFile(filesystem.open(path, "rb"))
 
 
 def _local(url: str) -> str:
