@@ -202,7 +202,7 @@ def main() -> None:
     shutil.rmtree(out / "warehouse", ignore_errors=True)
     (out / "spark-local").mkdir(parents=True, exist_ok=True)
     cfg = load_config("local", overrides=[
-        f"warehouse={out}/warehouse", f"models_dir={out}/models", f"score.top_n={args.top_n}", f"evaluate.k=[{min(10, args.top_n)}]",
+        f"warehouse={out}/warehouse", f"models_dir={out}/models", f"score.top_n={args.top_n}",
         f"spark.conf={{spark.local.dir: '{out}/spark-local'}}", "spark.driver_memory=6g", *args.set,
     ])
     spark = build_spark(cfg)

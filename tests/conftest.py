@@ -26,7 +26,6 @@ def make_config(root: Path, source: Path, *overrides: str) -> Config:
             "spark.shuffle_partitions=2",
             "train.epochs=3",
             "score.top_n=20",
-            "evaluate.k=[10, 20]",
             *overrides,
         ],
     )

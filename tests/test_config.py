@@ -9,9 +9,9 @@ from lakerec.config import ConfigError, load_config
 
 
 def test_defaults_load_and_overrides_apply():
-    cfg = load_config("local", overrides=["train.epochs=3", "score.top_n=12", "evaluate.k=[5, 10]"])
+    cfg = load_config("local", overrides=["train.epochs=3", "score.top_n=7", "evaluate.k=[5, 10]"])
     assert cfg.train.epochs == 3
-    assert cfg.score.top_n == 12
+    assert cfg.score.top_n == 7
     assert cfg.evaluate.k == [5, 10]
     assert cfg.spark.delta_package == "io.delta:delta-spark_2.13:4.0.1"
 
@@ -35,7 +35,6 @@ def test_defaults_load_and_overrides_apply():
         ("features.training_files=1", "features.training_files"),  # 2 DDP ranks by default
         ("train.weight_decay=-1e-4", "train.weight_decay"),
         ("train.validation_users=0", "train.validation_users"),
-        ("score.top_n=20", "evaluate.k"),  # evaluate.k goes to 100 by default
         ("evaluate.als.reg_param=-1", "evaluate.als.reg_param"),
         ("evaluate.als.tune_alphas=[1.0, -5.0]", "evaluate.als.alpha"),
         ("evaluate.als.rating_rank=0", "evaluate.als.rating_rank"),
@@ -64,7 +63,7 @@ def test_decays_follow_the_split_unless_set():
 
 def test_conf_file_layers_over_env(tmp_path: Path):
     extra = tmp_path / "team.yaml"
-    extra.write_text("train:\n  dim: 16\nscore:\n  top_n: 5\nevaluate:\n  k: [5]\n")
+    extra.write_text("train:\n  dim: 16\nscore:\n  top_n: 5\n")
     cfg = load_config("local", conf_file=str(extra), overrides=["score.top_n=9"])
     assert (cfg.train.dim, cfg.score.top_n) == (16, 9)
 

@@ -310,15 +310,12 @@ def baseline_models(spark: SparkSession, cfg: Config, inputs: EvalInputs) -> dic
 
 # ---------------------------------------------------------------- the job
 
-def _published_recs(spark: SparkSession, cfg: Config, ds: str) -> tuple[DataFrame, str]:
-    recs = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == ds)
-    first = recs.select("model_version").first()
+def _published_model_version(spark: SparkSession, cfg: Config, ds: str) -> str:
+    """The model that served ``ds``: the one evaluated."""
+    first = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == ds).select("model_version").first()
     if first is None:
         raise RuntimeError(f"no recommendations for ds={ds} in {tables.RECOMMENDATIONS.path(cfg)}: run the score job first")
-    users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("key").alias("user_key"), F.col("idx").alias("user"))
-    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("key").alias("item_key"), F.col("idx").alias("item"))
-    by_idx = recs.join(users, "user_key").join(F.broadcast(items), "item_key").select("user", "item", "rank")
-    return by_idx, first["model_version"]
+    return first["model_version"]
 
 
 def list_metrics(recs: DataFrame, inputs: EvalInputs, ks: list[int]) -> list[tuple[str, int, float]]:
@@ -337,12 +334,13 @@ def list_metrics(recs: DataFrame, inputs: EvalInputs, ks: list[int]) -> list[tup
 def run(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
     """Compute metrics for ``ds``, replace that ds in serving.metrics, and return the rows."""
     ks = sorted(set(cfg.evaluate.k))
-    if max(ks) > cfg.score.top_n:
-        log.warning("evaluate.k goes up to %d but score.top_n=%d cuts the model's lists there", max(ks), cfg.score.top_n)
     inputs = load_inputs(spark, cfg)
-    model_recs, model_version = _published_recs(spark, cfg, ds)
-    test_users = inputs.test_truth.select("user").distinct()
-    recs_by_model = {"model": model_recs.join(test_users, "user", "left_semi")}
+    model_version = _published_model_version(spark, cfg, ds)
+    # Ranked here like the baselines, minus training items only: the served lists also leave out
+    # what the user did later (the test split), so they cannot be scored against it.
+    published = FactorModel.load(Path(resolve_path(cfg.models_dir)) / model_version / FACTORS_FILE)
+    known = inputs.test_users.where(F.col("user_idx") < published.user_factors.shape[0])  # users newer than it: no list
+    recs_by_model = {"model": ranked_lists(known, published, model_version, max(ks), cfg)}
     for name, model in baseline_models(spark, cfg, inputs).items():
         recs_by_model[name] = ranked_lists(inputs.test_users, model, name, max(ks), cfg)
 

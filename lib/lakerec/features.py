@@ -15,6 +15,7 @@ from lakerec.config import Config, FeaturesConfig
 log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
 SECONDS_PER_DAY = 86_400.0
 
 

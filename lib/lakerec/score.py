@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from lakerec import tables
 from lakerec.config import Config
-from lakerec.features import TRAIN
+from lakerec.features import SPLITS, TRAIN
 from lakerec.models import FactorModel, top_n_block
 from lakerec.train import FACTORS_FILE, latest_model_dir
 
@@ -118,9 +118,10 @@ def score_users(users: DataFrame, model: FactorModel, model_key: str, n: int, bl
     return users.select("user_idx", "seen").mapInArrow(score_partition, SCORED_SCHEMA)
 
 
-def seen_items(silver: DataFrame) -> DataFrame:
-    """(user_idx, seen array<int>): each user's training items, one row per user (no row explosion)."""
-    return silver.where(F.col("split") == TRAIN).groupBy("user_idx").agg(F.collect_list("item_idx").alias("seen"))
+def seen_items(silver: DataFrame, splits: tuple[str, ...] = (TRAIN,)) -> DataFrame:
+    """(user_idx, seen array<int>): each user's items in ``splits``, one row per user (no row explosion)."""
+    rows = silver.where(F.col("split").isin(*splits))
+    return rows.groupBy("user_idx").agg(F.collect_set("item_idx").alias("seen"))
 
 
 def popularity_model(spark: SparkSession, cfg: Config, n_users: int, n_items: int) -> FactorModel:
@@ -140,13 +141,16 @@ def _with_keys(spark: SparkSession, cfg: Config, scored: DataFrame) -> DataFrame
 
 
 def build_recommendations(spark: SparkSession, cfg: Config, ds: str, model_dir: Path) -> DataFrame:
-    """All users' top-N: the model for users with training history, popularity for the others."""
+    """All users' top-N: the model for users with training history, popularity for the others; no
+    list holds an item the user already has, in any split (the test split is their latest)."""
     model = FactorModel.load(model_dir / FACTORS_FILE)
     model_version = model_dir.name
     n, sc = cfg.score.top_n, cfg.score
     n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
-    seen = seen_items(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
-    users = seen.where(F.col("user_idx") < n_users)
+    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
+    seen = seen_items(silver, SPLITS)
+    trained = seen_items(silver).where(F.col("user_idx") < n_users).select("user_idx")
+    users = seen.join(trained, "user_idx")
     scored = score_users(users, model, model_version, n, sc.block_size, sc.threads_per_worker)
     scored = scored.withColumn("reason", F.lit(MODEL_REASON))
 
@@ -171,12 +175,9 @@ def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) 
     failures = []
     n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).count()
     users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("key").alias("user_key"), F.col("idx").alias("user_idx"))
-    train_pairs = (
-        tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where(F.col("split") == TRAIN)
-        .select("user_idx", "item_idx")
-    )
+    seen_pairs = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx").distinct()
     # Each user is owed min(N, unseen items): someone who has seen nearly the whole catalogue gets fewer.
-    owed = users.join(train_pairs.groupBy("user_idx").agg(F.count("*").alias("n_seen")), "user_idx", "left").select(
+    owed = users.join(seen_pairs.groupBy("user_idx").agg(F.count("*").alias("n_seen")), "user_idx", "left").select(
         "user_key", F.least(F.lit(n), F.lit(n_items) - F.coalesce("n_seen", F.lit(0))).alias("owed")
     )
     per_user = staged.groupBy("user_key").agg(
@@ -200,9 +201,9 @@ def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) 
     non_finite = staged.where(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf"))).count()
     if non_finite:
         failures.append(f"{non_finite} rows have non-finite scores")
-    seen_recs = _with_keys(spark, cfg, train_pairs).join(staged, ["user_key", "item_key"]).count()
+    seen_recs = _with_keys(spark, cfg, seen_pairs).join(staged, ["user_key", "item_key"]).count()
     if seen_recs:
-        failures.append(f"{seen_recs} recommendations are items the user already has in training")
+        failures.append(f"{seen_recs} recommendations are items the user already has")
     if cfg.score.min_coverage_ratio > 0 and tables.exists(spark, cfg, tables.RECOMMENDATIONS):
         previous = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") < ds)
         last_ds = previous.agg(F.max("ds")).first()[0]
