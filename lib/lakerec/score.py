@@ -149,7 +149,7 @@ def build_recommendations(spark: SparkSession, cfg: Config, ds: str, model_dir: 
     n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
     silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
     seen = seen_items(silver, SPLITS)
-    trained = seen_items(silver).where(F.col("user_idx") < n_users).select("user_idx")
+    trained = silver.where((F.col("split") == TRAIN) & (F.col("user_idx") < n_users)).select("user_idx").distinct()
     users = seen.join(trained, "user_idx")
     scored = score_users(users, model, model_version, n, sc.block_size, sc.threads_per_worker)
     scored = scored.withColumn("reason", F.lit(MODEL_REASON))
