@@ -8,11 +8,13 @@ import torch
 from conftest import make_config
 from lakerec import features, ingest, tables, train
 from lakerec.data import (
+    EndOfDataSafeThreadPool,
     MappedLocalFileSystem,
     PromptVentilator,
     ZeroCopyBatchBuffer,
     active_files,
     count_rows,
+    install_petastorm_patches,
     iterate_batches,
     spark_converter,
 )
@@ -79,8 +81,74 @@ def test_two_ranks_read_disjoint_shards_that_cover_the_table(examples, epoch):
     assert set(shard0) | set(shard1) == rows
 
 
+class _Echo:
+    """A pool worker that publishes what it is given."""
+
+    def __init__(self, worker_id, publish_func, args):
+        self.worker_id, self.publish_func = worker_id, publish_func
+
+    def process(self, value):
+        self.publish_func(value)
+
+    def shutdown(self):
+        pass
+
+
+class _LateVentilator:
+    """Ventilates its one item in the gap petastorm's pool leaves: as it is asked whether it is done."""
+
+    def __init__(self):
+        self.pool = None
+        self.done = False
+
+    def start(self):
+        pass
+
+    def completed(self):
+        if not self.done:
+            self.done = True
+            self.pool.ventilate(42)
+        return True
+
+    def processed_item(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+def _results_with_late_ventilation(pool_class) -> list[int]:
+    from petastorm.workers_pool import EmptyResultError
+
+    pool, ventilator = pool_class(1), _LateVentilator()
+    ventilator.pool = pool
+    pool.start(_Echo, ventilator=ventilator)
+    results = []
+    try:
+        while True:
+            results.append(pool.get_results())
+    except EmptyResultError:
+        return results
+    finally:
+        pool.stop()
+        pool.join()
+
+
+def test_the_end_of_data_check_reads_the_ventilator_before_the_counters():
+    """The 0.13.1 race, made deterministic: an item ventilated between the pool's two end-of-data reads.
+
+    petastorm's pool reads its counters (nothing ventilated yet: all done), then the ventilator's
+    flag (done by then): it ends the epoch and the item is lost. The patched pool reads the flag first.
+    """
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    assert _results_with_late_ventilation(ThreadPool) == []
+    assert _results_with_late_ventilation(EndOfDataSafeThreadPool) == [42]
+
+
+@pytest.mark.slow
 def test_fresh_readers_never_return_a_short_epoch(examples):
-    """petastorm 0.13.1's thread pool ended about 1 fresh epoch in 25 with 0 rows; lakerec patches it."""
+    """Soak: petastorm 0.13.1's thread pool ended about 1 fresh epoch in 25 with 0 rows here."""
     files, rows = examples
     counts = [len(_read(files, epoch=e, workers=3)) for e in range(40)]
     assert counts == [len(rows)] * 40
@@ -91,6 +159,7 @@ def test_readers_poll_for_queue_room_every_millisecond(examples):
     from petastorm import make_batch_reader
 
     files, rows = examples
+    install_petastorm_patches()
     with make_batch_reader([f if f.startswith("file:") else "file://" + f for f in files], num_epochs=1,
                            reader_pool_type="thread", workers_count=2) as reader:
         assert isinstance(reader.ventilator, PromptVentilator)
@@ -132,6 +201,7 @@ def test_numeric_row_groups_become_numpy_without_pandas_and_others_keep_petastor
 
     from lakerec import data
 
+    install_petastorm_patches()
     assert arrow_reader_worker.convert_arrow_table_to_numpy_dict is data._table_to_numpy_dict
     numeric = pa.table({"user_idx": pa.array([3, 1, 2], pa.int32()), "label": pa.array([1.0, 0.0, 1.0], pa.float32())})
     arrays = data._table_to_numpy_dict(numeric, Unischema("t", []))

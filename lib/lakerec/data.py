@@ -181,21 +181,25 @@ def _split_row_groups_from_cached_footers(dataset: pq.ParquetDataset) -> list:
     return pieces
 
 
-# petastorm 0.13.1 on pyarrow 14 warns about its own deprecated pyarrow calls on every reader, and
-# about the legacy ParquetDataset API that the patches above must use because petastorm does.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.|lakerec\.data")
-warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
-# Row groups arrive as read-only numpy arrays; batches are views that the trainer only reads.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+def install_petastorm_patches() -> None:
+    """Point petastorm 0.13.1 at the fixed classes and functions above; idempotent.
 
-# make_batch_reader builds its pool, and BatchedDataLoader its no-shuffle buffer, from these
-# module-level names; point them at the fixed classes and functions.
-petastorm_reader.ThreadPool = EndOfDataSafeThreadPool
-petastorm_reader.ConcurrentVentilator = PromptVentilator
-petastorm_pytorch.BatchedNoopShufflingBuffer = ZeroCopyBatchBuffer
-ArrowReaderWorker._read_with_shuffle_row_drop = _read_row_group
-arrow_reader_worker.convert_arrow_table_to_numpy_dict = _table_to_numpy_dict
-dataset_metadata._split_row_groups_from_footers = _split_row_groups_from_cached_footers
+    make_batch_reader builds its pool and ventilator, and BatchedDataLoader its no-shuffle buffer,
+    from module-level names, so the fixes go in by rebinding those names. Called by every reader
+    this module opens, not at import: importing lakerec changes no other library.
+    """
+    # petastorm on pyarrow 14 warns about its own deprecated pyarrow calls on every reader, and
+    # about the legacy ParquetDataset API that the patches must use because petastorm does.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.|lakerec\.data")
+    warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
+    # Row groups arrive as read-only numpy arrays; batches are views that the trainer only reads.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+    petastorm_reader.ThreadPool = EndOfDataSafeThreadPool
+    petastorm_reader.ConcurrentVentilator = PromptVentilator
+    petastorm_pytorch.BatchedNoopShufflingBuffer = ZeroCopyBatchBuffer
+    ArrowReaderWorker._read_with_shuffle_row_drop = _read_row_group
+    arrow_reader_worker.convert_arrow_table_to_numpy_dict = _table_to_numpy_dict
+    dataset_metadata._split_row_groups_from_footers = _split_row_groups_from_cached_footers
 
 
 class ShortEpochError(RuntimeError):
@@ -267,6 +271,7 @@ def iterate_batches(
     Row groups are reshuffled every epoch (``seed + epoch``; the same on all ranks, so the shards
     stay disjoint and together cover the table).
     """
+    install_petastorm_patches()
     urls = [_as_url(_local(f)) for f in files]
     local = all(url.startswith("file://") for url in urls)
     with make_batch_reader(

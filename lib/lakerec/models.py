@@ -16,6 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+HISTORY_BUFFERS = ("history_items", "history_weights", "history_start", "history_count", "history_total")
+
+
 class MatrixFactorization(nn.Module):
     """User and item embeddings with an item bias: score = user . item + item bias.
 
@@ -36,14 +39,27 @@ class MatrixFactorization(nn.Module):
         self.has_history = False
 
     def set_history(self, users: torch.Tensor, items: torch.Tensor, weights: torch.Tensor) -> None:
-        """Every (user, item, weight) of the training history, as buffers rebuilt from the data, not saved."""
+        """Every (user, item, weight) of the training history, as buffers rebuilt from the data.
+
+        Not in ``state_dict`` (checkpoints stay weight-sized); ``model.pt`` keeps them through
+        :meth:`history_state`.
+        """
         order = torch.argsort(users, stable=True)
         counts = torch.bincount(users, minlength=self.user.num_embeddings)
         totals = torch.zeros(self.user.num_embeddings, dtype=torch.float32).index_add_(0, users, weights.float())
-        for name, value in (("history_items", items[order].long()), ("history_weights", weights[order].float()),
-                            ("history_start", torch.cumsum(counts, 0) - counts), ("history_count", counts),
-                            ("history_total", totals)):
-            self.register_buffer(name, value, persistent=False)
+        self.load_history_state({
+            "history_items": items[order].long(), "history_weights": weights[order].float(),
+            "history_start": torch.cumsum(counts, 0) - counts, "history_count": counts, "history_total": totals,
+        })
+
+    def history_state(self) -> dict[str, torch.Tensor]:
+        """The history buffers, on the CPU."""
+        return {name: getattr(self, name).cpu() for name in HISTORY_BUFFERS}
+
+    def load_history_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Install history buffers made by :meth:`set_history` (or saved by :meth:`history_state`)."""
+        for name in HISTORY_BUFFERS:
+            self.register_buffer(name, state[name], persistent=False)
         self.has_history = True
 
     def history_mean(self, users: torch.Tensor, leave_out: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:

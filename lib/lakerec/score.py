@@ -25,7 +25,7 @@ from lakerec import tables
 from lakerec.config import Config
 from lakerec.features import SPLITS, TRAIN
 from lakerec.models import FactorModel, top_n_block
-from lakerec.train import FACTORS_FILE, latest_model_dir
+from lakerec.model_store import FACTORS_FILE, latest_model_dir
 
 log = logging.getLogger(__name__)
 

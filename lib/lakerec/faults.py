@@ -1,0 +1,33 @@
+"""Deterministic fault injection: a process kills itself at a named point, for crash and resume tests.
+
+``LAKEREC_FAULT`` holds comma-separated ``<point>:<index>`` entries, optionally ``@<rank>``:
+``train.epoch_end:1@0`` makes DDP rank 0 die by SIGKILL right after epoch 1 ended, its
+checkpoint written and every rank past it. Unset (always, in production) it costs one lookup.
+SIGKILL, not an exception: nothing gets to clean up, as in a real crash.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "LAKEREC_FAULT"
+
+
+def _matches(entry: str, point: str, index: int, rank: int) -> bool:
+    spec, _, only_rank = entry.strip().partition("@")
+    name, _, at = spec.rpartition(":")
+    return name == point and at == str(index) and (not only_rank or only_rank == str(rank))
+
+
+def inject(point: str, index: int) -> None:
+    """Kill this process when ``LAKEREC_FAULT`` names ``point`` at ``index`` (and this rank, if given)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    rank = int(os.environ.get("RANK", 0))
+    if any(_matches(entry, point, index, rank) for entry in spec.split(",")):
+        log.warning("%s=%s: killing rank %d at %s %d", FAULT_ENV, spec, rank, point, index)
+        os.kill(os.getpid(), signal.SIGKILL)
