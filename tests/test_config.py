@@ -3,9 +3,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lakerec.cli import parse_args
-from lakerec.config import ConfigError, load_config
+from lakerec.config import CONF_DIR, Config, ConfigError, load_config, settings
 
 
 def test_defaults_load_and_overrides_apply():
@@ -93,3 +94,47 @@ def test_mlflow_tracking_without_the_package_fails_naming_the_key(monkeypatch):
     with pytest.raises(ConfigError, match=re.escape("'train.mlflow'") + ".*lakerec\\[mlflow\\]"):
         load_config("local", overrides=["train.mlflow=true"])
     assert load_config("local").train.mlflow is False
+
+
+def test_every_key_has_a_one_line_doc_and_a_default_from_the_code():
+    rows = settings()
+    keys = [s.key for s in rows]
+    assert len(keys) == len(set(keys))
+    for key in ("warehouse", "spark.conf", "source.interactions", "source.interactions.timestamp_format",
+                "source.items.tag_separator", "features.training_files", "embed.fields", "train.mlflow_experiment",
+                "score.min_coverage_ratio", "evaluate.k", "evaluate.als.tune_alphas",
+                "evaluate.ease.max_user_item_cells"):
+        assert key in keys
+    assert all(s.doc.strip() and "\n" not in s.doc for s in rows), [s.key for s in rows if not s.doc.strip()]
+    assert {s.key: s.default for s in rows}["train.epochs"] == Config().train.epochs
+
+
+def _restated_defaults(data: dict, prefix: str = "") -> list[str]:
+    """Keys of a config mapping whose value is the code's default: a copy that would go stale."""
+    defaults = {s.key: s.default for s in settings()}
+    found = []
+    for key, value in data.items():
+        dotted = prefix + key
+        if isinstance(value, dict) and any(k.startswith(dotted + ".") for k in defaults):
+            found += _restated_defaults(value, dotted + ".")
+        elif dotted in defaults and value == defaults[dotted]:
+            found.append(dotted)
+    return found
+
+
+def test_a_restated_default_is_found():
+    stale = {"train": {"epochs": 15, "dim": 16}, "spark": {"master": "local[2]", "conf": {}},
+             "source": {"interactions": {"file": "x.csv", "separator": ","}}, "evaluate": {"ease": {"l2": 250}}}
+    assert _restated_defaults(stale) == ["train.epochs", "spark.master", "spark.conf", "source.interactions.separator",
+                                         "evaluate.ease.l2"]
+
+
+@pytest.mark.parametrize("name", ["base.yaml", "local.yaml"])
+def test_conf_files_hold_only_what_differs_from_the_code(name):
+    data = yaml.safe_load((CONF_DIR / name).read_text()) or {}
+    assert _restated_defaults(data) == [], f"conf/{name} repeats code defaults: delete those keys"
+
+
+@pytest.mark.parametrize("env", sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base"))
+def test_every_conf_file_loads(env):
+    load_config(env)

