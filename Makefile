@@ -7,7 +7,7 @@ ENV ?= local
 SCALE ?= 1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-features bench-score bench-train bench-quality bench-gpu-bundle clean
+.PHONY: install run test test-fast bench bench-features bench-score bench-train bench-quality bench-gpu-bundle clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The fast tier for your own loop: unit tests and small Spark tests, no end-to-end or soak tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 # Benchmarks (BENCHMARKS.md). SCALE shrinks the synthetic shapes for a quick run, e.g. SCALE=0.1.
 bench: bench-features bench-score bench-train bench-quality

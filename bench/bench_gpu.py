@@ -42,9 +42,11 @@ import torch
 from bench_train import loader_pass, machine, raw_pass
 from lakerec.config import TrainConfig, load_config
 from lakerec.data import count_rows, read_columns
+from lakerec.model_store import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs
 from lakerec.models import Objective, top_n_block
 from lakerec.synthetic import ML25M_ITEMS, ML25M_USERS, random_factors
-from lakerec.train import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs, build_model, build_rating_head, load_history, resolved_train
+from lakerec.train import resolved_train
+from lakerec.trainer import build_model, build_rating_head, load_history
 
 BUNDLE = Path(__file__).resolve().parents[1] / "gpu_bundle"
 log = logging.getLogger("bench_gpu")
@@ -309,7 +311,7 @@ def sweep(bundle_dir: Path, out: Path) -> None:
 
 def evaluate_returned(model_dir: Path, out: Path) -> None:
     """Test-split NDCG@10 and RMSE of the GPU-trained ml-latest-small model beside one trained here (2 gloo ranks)."""
-    from lakerec import evaluate, features, ingest, train
+    from lakerec import evaluate, features, ingest, metrics_spark, train
     from lakerec.config import resolve_path
     from lakerec.models import FactorModel
     from lakerec.spark import build_spark
@@ -326,7 +328,7 @@ def evaluate_returned(model_dir: Path, out: Path) -> None:
         result = {}
         for name, directory in (("gpu", model_dir), ("cpu", cpu_dir)):
             recs = evaluate.ranked_lists(inputs.test_users, FactorModel.load(directory / FACTORS_FILE), name, 10, cfg)
-            result[name] = {**evaluate.ranking_metrics(recs, inputs.test_truth, 10),
+            result[name] = {**metrics_spark.ranking_metrics(recs, inputs.test_truth, 10),
                             **(evaluate.model_rating_errors(spark, cfg, directory) or {})}
         spark.stop()
     out.parent.mkdir(parents=True, exist_ok=True)

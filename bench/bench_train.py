@@ -37,7 +37,9 @@ import torch
 
 from lakerec.config import load_config
 from lakerec.data import active_files, count_rows, iterate_batches
-from lakerec.train import META_FILE, TrainInputs, resolved_train, train_worker
+from lakerec.model_store import META_FILE, TrainInputs
+from lakerec.train import resolved_train
+from lakerec.trainer import train_worker
 
 COLUMNS = ["user_idx", "item_idx", "label"]
 log = logging.getLogger("bench_train")

@@ -1,4 +1,8 @@
-"""One local SparkSession for the whole suite, and small MovieLens-layout sources written per test."""
+"""One local SparkSession for the whole suite, and small MovieLens-layout sources written per test.
+
+Tiers: ``make test-fast`` runs ``-m "not slow"``; ``slow`` marks the end-to-end tests (every test
+that uses the whole-pipeline fixture is marked here), real torchrun launches, spark-submit and soaks.
+"""
 from __future__ import annotations
 
 import shutil
@@ -77,3 +81,10 @@ def pipeline_run(spark, tiny_source, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     cfg = make_config(root, tiny_source, "evaluate.k=[5, 10]")
     return cfg, run_all(spark, cfg, PIPELINE_DS)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests on the whole-pipeline fixture train and evaluate end to end: the slow tier."""
+    for item in items:
+        if "pipeline_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from conftest import PIPELINE_DS
 from lakerec import score, tables
 from lakerec.models import FactorModel, top_n_block
-from lakerec.train import FACTORS_FILE, latest_model_dir
+from lakerec.model_store import FACTORS_FILE, latest_model_dir
 
 
 def test_top_n_block_matches_brute_force_sort():

@@ -2,7 +2,10 @@
 import json
 import math
 
-from lakerec.train import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
+import pytest
+
+from lakerec.model_store import INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
+from lakerec.train import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY
 
 
 def test_two_ranks_train_to_identical_weights(pipeline_run):
@@ -43,15 +46,25 @@ def test_model_records_its_inputs(pipeline_run):
     assert checkpoint_paths(model_dir)[-1].name == f"epoch-{cfg.train.epochs - 1:04d}.pt"
 
 
-def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(spark, tiny_source, tmp_path):
+COLD_MOVIES = [  # listed in movies.csv, never rated: items without a training example
+    '9001,Cold Twin One (2001),Comedy|Drama',
+    '9002,Cold Twin Two (2001),Comedy|Drama',
+    '9003,Cold Loner (1975),Horror',
+]
+
+
+@pytest.mark.slow
+def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(spark, source_copy, tmp_path):
     import numpy as np
 
     from conftest import make_config
-    from lakerec import features, ingest, train
+    from lakerec import features, ingest, tables, train
+    from lakerec.model_store import FACTORS_FILE, SIDE_FEATURES_FILE
     from lakerec.models import FactorModel
-    from lakerec.train import FACTORS_FILE, SIDE_FEATURES_FILE
 
-    cfg = make_config(tmp_path, tiny_source, "train.model=two_tower", "train.epochs=6", "train.patience=1",
+    with (source_copy / "movies.csv").open("a") as fh:
+        fh.write("\n".join(COLD_MOVIES) + "\n")
+    cfg = make_config(tmp_path, source_copy, "train.model=two_tower", "train.epochs=6", "train.patience=1",
                       "features.val_fraction=0.2", "embed.enabled=false")
     ingest.run(spark, cfg, "2026-01-01")
     features.run(spark, cfg, "2026-01-01")
@@ -68,11 +81,15 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
     with np.load(model_dir / SIDE_FEATURES_FILE) as side:
         trained, item_side = side["trained_items"], side["item_side"]
     assert factors.item_factors.shape[0] == item_side.shape[0]
-    cold = np.flatnonzero(~trained)
-    if len(cold):  # items without training interactions: no id part, no bias, content vector only
-        assert np.all(factors.item_bias[cold] == 0)
-        twins = [(a, b) for a in cold for b in cold if a < b and np.array_equal(item_side[a], item_side[b])]
-        assert all(np.allclose(factors.item_factors[a], factors.item_factors[b]) for a, b in twins)
+    ids = {r["key"]: r["idx"] for r in tables.read(spark, cfg, tables.ID_MAP_ITEMS).collect()}
+    one, two, loner = (ids[line.split(",")[0]] for line in COLD_MOVIES)
+    assert not trained[[one, two, loner]].any()
+    # Cold items have no id part and no bias: their vector comes from content alone, so equal
+    # content gives equal vectors, and other content another one.
+    assert np.all(factors.item_bias[[one, two, loner]] == 0)
+    assert np.array_equal(item_side[one], item_side[two])
+    assert np.allclose(factors.item_factors[one], factors.item_factors[two])
+    assert not np.allclose(factors.item_factors[one], factors.item_factors[loner])
 
 
 def test_full_and_sampled_softmax_for_both_models():
@@ -156,7 +173,7 @@ def test_recency_weights_make_the_ranking_loss_a_weighted_mean():
 
 def test_cosine_learning_rate_decays_from_lr_by_epoch_alone():
     from lakerec.config import TrainConfig
-    from lakerec.train import learning_rate
+    from lakerec.trainer import learning_rate
 
     tc = TrainConfig(lr=0.01, epochs=4)
     rates = [learning_rate(tc, e) for e in range(tc.epochs)]
@@ -206,13 +223,13 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
     assert np.allclose(predictor.predict(FactorModel.from_mf(model), users.numpy(), items.numpy()), expected, atol=1e-5)
 
 
-def test_another_training_config_gets_its_own_model_version():
+def test_another_training_config_gets_its_ownmodel_version():
     """Retraining a day with other settings must not write into the folder LATEST points to."""
     from lakerec.config import load_config
-    from lakerec.train import _model_version
+    from lakerec.train import model_version
 
-    base = _model_version(load_config("local"), "2026-01-01", 3)
+    base = model_version(load_config("local"), "2026-01-01", 3)
     assert base.startswith("mf-2026-01-01-t3-")
-    assert _model_version(load_config("local", overrides=["train.dim=128"]), "2026-01-01", 3) != base
+    assert model_version(load_config("local", overrides=["train.dim=128"]), "2026-01-01", 3) != base
     # keys a run may change and still resume from its checkpoints keep the folder
-    assert _model_version(load_config("local", overrides=["train.epochs=30", "train.max_restarts=0"]), "2026-01-01", 3) == base
+    assert model_version(load_config("local", overrides=["train.epochs=30", "train.max_restarts=0"]), "2026-01-01", 3) == base

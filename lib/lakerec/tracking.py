@@ -13,11 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from lakerec import model_store
 from lakerec.config import TrainConfig, resolve_path
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ("model.pt", "factors.npz", "rating_head.npz", "meta.json", "inputs.json")
+MODEL_FILES = (model_store.MODEL_FILE, model_store.FACTORS_FILE, model_store.RATING_HEAD_FILE,
+               model_store.META_FILE, model_store.INPUTS_FILE)
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 
