@@ -81,9 +81,13 @@ def test_unknown_env_and_missing_file_are_named(tmp_path):
         load_config("local", conf_file=str(tmp_path / "missing.yaml"))
 
 
-def test_bad_ds_is_rejected():
+@pytest.mark.parametrize("ds", ["25/11/2026", "20261125", "2026-W48-3", "2026-02-30", "2026-11-25 ", "2026-11-25T00:00"])
+def test_a_ds_not_spelled_yyyy_mm_dd_is_rejected(ds):
     with pytest.raises(SystemExit):
-        parse_args("x", ["--ds", "25/11/2026"])
+        parse_args("x", ["--ds", ds])
+
+
+def test_a_yyyy_mm_dd_ds_is_taken_as_given():
     assert parse_args("x", ["--ds", "2026-11-25"]).ds == "2026-11-25"
 
 

@@ -30,6 +30,18 @@ def test_ranks_read_disjoint_shards_covering_the_table_each_epoch(pipeline_run):
         assert epoch["seconds"] > 0
 
 
+def test_a_rerun_returns_the_finished_model_without_rewriting_it(spark, pipeline_run):
+    from conftest import PIPELINE_DS
+    from lakerec import train
+
+    cfg, results = pipeline_run
+    model_dir = latest_model_dir(cfg)
+    before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
+    assert train.run(spark, cfg, PIPELINE_DS) == json.loads((model_dir / META_FILE).read_text())
+    assert {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()} == before
+    assert results["train"]["ds"] == PIPELINE_DS
+
+
 def test_model_records_its_inputs(pipeline_run):
     cfg, results = pipeline_run
     model_dir = latest_model_dir(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import re
 from typing import Any, Callable, Optional, Sequence
 
 from lakerec.config import Config, ConfigError, load_config
@@ -12,7 +13,14 @@ log = logging.getLogger("lakerec")
 
 
 def _ds(value: str) -> str:
+    """``--ds`` as a real calendar date in exactly ``YYYY-MM-DD``: it names partitions and models.
+
+    Python's ``fromisoformat`` also takes ``20261125`` and ``2026-W48-3``; those would name other
+    partitions than the same night written the usual way, so only the one spelling is accepted.
+    """
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
         dt.date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--ds must be a date YYYY-MM-DD, got {value!r}") from None

@@ -4,7 +4,8 @@
 ``checkpoints/epoch-NNNN.pt`` (rank 0, every epoch), ``best.pt`` (best validation epoch),
 ``factors.npz`` (what the scorer reads), ``rating_head.npz``, ``model.pt`` (the torch model,
 self-contained: :func:`load_model` rebuilds it) and ``meta.json`` (written last: a model without
-it is unfinished). ``models/LATEST`` names the newest finished model.
+it is unfinished; a model that has it is never rewritten). ``models/LATEST`` names the finished
+model of the latest run date, and moves forward only.
 
 Needs torch but neither ``torch.distributed`` nor Petastorm, so the scorer and the evaluation can
 read models without pulling in the trainer.
@@ -58,6 +59,7 @@ class TrainInputs:
     side_features: Optional[str] = None  # two_tower: npz of user_side, item_side, trained_items
     validation: Optional[str] = None  # npz for early stopping; None without a validation split
     rating_mean: Optional[float] = None  # mean training rating: set when the rating head trains
+    ds: str = ""  # the run date the model is trained for: LATEST moves forward only by it
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -171,9 +173,26 @@ def latest_model_dir(cfg: Config) -> Path:
     return root / pointer.read_text().strip()
 
 
-def publish_latest(model_dir: Path) -> None:
-    """Point ``models/LATEST`` at ``model_dir`` (rank 0, after meta.json is written)."""
+def trained_ds(model_dir: Path) -> str:
+    """The run date a finished model was trained for ("" for models from before dates were recorded)."""
+    meta = model_dir / META_FILE
+    return json.loads(meta.read_text()).get("ds", "") if meta.is_file() else ""
+
+
+def publish_latest(model_dir: Path, ds: str) -> bool:
+    """Point ``models/LATEST`` at ``model_dir``, unless it names a model of a later ``ds``.
+
+    ``LATEST`` moves forward only: a backfill of an earlier night never takes serving back in time.
+    Atomic (rename), so scorers never read a half-written pointer. True when it moved.
+    """
     pointer = model_dir.parent / LATEST_FILE
+    if pointer.is_file():
+        current = model_dir.parent / pointer.read_text().strip()
+        if trained_ds(current) > ds:
+            log.info("LATEST stays at %s (ds %s): %s is for the earlier ds %s",
+                     current.name, trained_ds(current), model_dir.name, ds)
+            return False
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(model_dir.name)
-    os.replace(tmp, pointer)  # atomic: scorers never read a half-written pointer
+    os.replace(tmp, pointer)
+    return True

@@ -140,6 +140,7 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
         side_features=str(side_path) if side_path else None,
         validation=str(val_path) if val_path else None,
         rating_mean=training_rating_mean(spark, cfg, table_version) if cfg.train.rating_weight > 0 else None,
+        ds=ds,
     )
     inputs.save(model_dir / INPUTS_FILE)
     return inputs
@@ -178,14 +179,22 @@ def launch(cfg: Config, inputs_path: Path) -> None:
 def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
     """Train on the current feature tables; returns the model's meta.json contents.
 
-    With ``train.launcher=none`` only ``inputs.json`` is written: returns its path and model_version.
+    A model version that already has ``meta.json`` is finished and never rewritten: a rerun
+    returns it (and moves ``LATEST`` forward to it, should a crash have come in between). With
+    ``train.launcher=none`` only ``inputs.json`` is written: returns its path and model_version.
     """
+    from lakerec import tables
+
+    finished = model_store.models_root(cfg) / model_version(cfg, ds, tables.version(spark, cfg, tables.TRAINING_EXAMPLES))
+    if (finished / META_FILE).is_file():
+        log.info("%s is already trained: not retraining it (a finished model is never rewritten)", finished.name)
+        model_store.publish_latest(finished, ds)
+        return json.loads((finished / META_FILE).read_text())
     inputs = prepare(spark, cfg, ds)
     model_dir = Path(inputs.model_dir)
     if cfg.train.launcher == "none":
         log.info("wrote %s: launch torchrun -m lakerec.train --inputs with it", model_dir / INPUTS_FILE)
         return {"model_version": inputs.model_version, "inputs": str(model_dir / INPUTS_FILE)}
-    (model_dir / META_FILE).unlink(missing_ok=True)
     launch(cfg, model_dir / INPUTS_FILE)
     meta_path = model_dir / META_FILE
     if not meta_path.is_file():  # the launcher returns whichever rank ended last: check rank 0's output

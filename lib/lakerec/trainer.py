@@ -378,7 +378,7 @@ class Trainer:
     # ------------------------------------------------------------------ publish
 
     def publish(self) -> None:
-        """Rank 0 writes the model files, then ``meta.json``, then moves ``models/LATEST``."""
+        """Rank 0 writes the model files, then ``meta.json``, then moves ``models/LATEST`` (forward only)."""
         digests = self.place.gather(weights_digest(self.model))
         if self.place.leader:
             if self.val is not None:  # publish the best validation epoch, not the last one
@@ -397,12 +397,13 @@ class Trainer:
             self.tracker.finish(self.model_dir, {
                 "final_loss": meta["final_loss"], "train_seconds": meta["train_seconds"],
                 **({"best_val_ndcg": self.best["ndcg"]} if self.val is not None else {})})
-            model_store.publish_latest(self.model_dir)
+            model_store.publish_latest(self.model_dir, self.inputs.ds)
         self.place.barrier()
 
     def _meta(self, digests: list[str]) -> dict[str, Any]:
         return {
             "model_version": self.inputs.model_version,
+            "ds": self.inputs.ds,
             "world_size": self.place.world_size,
             "device": str(self.place.device),
             "table_version": self.inputs.table_version,
