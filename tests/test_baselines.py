@@ -2,6 +2,8 @@
 import ast
 import logging
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,6 +66,12 @@ def test_select_by_validation_keeps_the_best_and_the_first_of_ties():
         baselines.select_by_validation(fit, [], lambda m: 0.0)
 
 
+def test_baselines_do_not_import_the_evaluation_job():
+    """The evaluation imports the baselines and passes the tuning hook in: no import cycle."""
+    code = "import sys, lakerec.baselines; assert 'lakerec.evaluate' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_als_users_and_items_it_never_saw_get_zero_vectors(spark):
     positives = spark.createDataFrame([(0, 0), (0, 1), (2, 1), (2, 3)], "user_idx int, item_idx int")
     model = baselines.fit_implicit_als(positives, n_users=4, n_items=5, rank=3, reg_param=0.1, alpha=1.0, max_iter=3, seed=1)
@@ -83,18 +91,20 @@ def pipeline_inputs(spark, pipeline_run):
 @pytest.mark.parametrize("name", ["als", "ease"])
 def test_baseline_top_n_ranks_only_items_unseen_in_training(spark, pipeline_inputs, name):
     cfg, inputs = pipeline_inputs
-    fit = {"als": evaluate.fit_als, "ease": evaluate.fit_ease}[name]
-    model = fit(spark, cfg, inputs)
+    assert evaluate.validation_ndcg(inputs, cfg) is None  # no validation split: fixed hyperparameters
+    fit = {"als": baselines.fit_als, "ease": baselines.fit_ease}[name]
+    model = fit(spark, cfg, inputs.n_users, inputs.n_items, None)
     n = 15
     recs = evaluate.ranked_lists(inputs.test_users, model, name, n, cfg).toPandas()
     silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
     train = {(r["user_idx"], r["item_idx"]) for r in silver.where(F.col("split") == TRAIN).collect()}
-    assert set(recs["user"]) == {r["user_idx"] for r in inputs.test_users.collect()}
-    assert not {(u, i) for u, i in zip(recs["user"], recs["item"])} & train
-    for _, user_recs in recs.groupby("user"):
-        seen = sum(1 for u, _ in train if u == user_recs["user"].iloc[0])
+    assert list(recs.columns) == ["user_idx", "item_idx", "rank"]
+    assert set(recs["user_idx"]) == {r["user_idx"] for r in inputs.test_users.collect()}
+    assert not {(u, i) for u, i in zip(recs["user_idx"], recs["item_idx"])} & train
+    for user, user_recs in recs.groupby("user_idx"):
+        seen = sum(1 for u, _ in train if u == user)
         assert sorted(user_recs["rank"]) == list(range(1, min(n, inputs.n_items - seen) + 1))
-        assert user_recs["item"].is_unique
+        assert user_recs["item_idx"].is_unique
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +124,9 @@ def validation_warehouse(spark, tiny_source, tmp_path_factory):
 def test_tuning_picks_the_grid_point_with_the_best_validation_ndcg(spark, validation_warehouse, caplog):
     cfg, inputs = validation_warehouse
     assert inputs.val_truth is not None and inputs.val_truth.count() > 0
+    validate = evaluate.validation_ndcg(inputs, cfg)
     with caplog.at_level(logging.INFO, logger="lakerec"):
-        als = evaluate.fit_als(spark, cfg, inputs)
+        als = baselines.fit_als(spark, cfg, inputs.n_users, inputs.n_items, validate)
     scores = {
         ast.literal_eval(m.group(1))["rank"]: float(m.group(2))
         for m in (re.match(r"validation (\{.*\}): ([0-9.]+)$", r.getMessage()) for r in caplog.records) if m
@@ -123,10 +134,9 @@ def test_tuning_picks_the_grid_point_with_the_best_validation_ndcg(spark, valida
     assert set(scores) == {2, 8}
     assert scores[als.user_factors.shape[1]] == max(scores.values())
 
-    ease = evaluate.fit_ease(spark, cfg, inputs)
+    ease = baselines.fit_ease(spark, cfg, inputs.n_users, inputs.n_items, validate)
     train = baselines.train_positives(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
     x = baselines.interaction_matrix(train, inputs.n_users, inputs.n_items)
-    validate = evaluate.validation_ndcg(inputs, cfg)
     weights = {l2: baselines.ease_weights(baselines.gram_matrix(x), l2) for l2 in (1.0, 1000.0)}
     by_l2 = {l2: validate(baselines.ease_model(x, b)) for l2, b in weights.items()}
     assert by_l2[1.0] != by_l2[1000.0]

@@ -1,23 +1,20 @@
-"""Metrics: Spark implementation vs pure-Python twins vs hand-computed values."""
+"""Metrics: Spark implementation vs pure-Python twins vs hand-computed values; validation ranks like the scorer."""
 import json
 import math
 import random
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from conftest import PIPELINE_DS
-from lakerec import metrics, tables
-from lakerec.evaluate import (
-    catalogue_coverage,
-    format_table,
-    intra_list_diversity,
-    novelty,
-    ranking_metrics,
-    rated_test_pairs,
-    rating_errors,
-    warm_truth,
-)
+from lakerec import metrics, tables, validation
+from lakerec.evaluate import rated_test_pairs, warm_truth
+from lakerec.metrics_spark import catalogue_coverage, intra_list_diversity, novelty, ranking_metrics, rating_errors
+from lakerec.models import FactorModel
+from lakerec.report import format_table
 
 
 def test_hand_computed_case():
@@ -64,12 +61,14 @@ def random_case(spark):
     counts = {item: rng.randint(1, 50) for item in range(35)}  # items 35..39 never seen in training
     frames = {
         "recs": spark.createDataFrame(
-            [(u, i, r + 1) for u, items in recs.items() for r, i in enumerate(items)], "user int, item int, rank int"
+            [(u, i, r + 1) for u, items in recs.items() for r, i in enumerate(items)],
+            "user_idx int, item_idx int, rank int",
         ),
-        "truth": spark.createDataFrame([(u, i) for u, items in truth.items() for i in items], "user int, item int"),
-        "counts": spark.createDataFrame(list(counts.items()), "item int, count long"),
+        "truth": spark.createDataFrame([(u, i) for u, items in truth.items() for i in items], "user_idx int, item_idx int"),
+        "counts": spark.createDataFrame(list(counts.items()), "item_idx int, count long"),
         "genres": spark.createDataFrame(
-            [(i, [float(g in gs) for g in genre_names]) for i, gs in genres.items()], "item int, genre_vector array<float>"
+            [(i, [float(g in gs) for g in genre_names]) for i, gs in genres.items()],
+            "item_idx int, genre_vector array<float>",
         ),
     }
     return recs, truth, counts, genres, frames
@@ -99,6 +98,22 @@ def test_spark_rating_errors_equal_the_python_twins(spark):
     assert got == pytest.approx({"rmse": metrics.rmse(pairs), "mae": metrics.mae(pairs)})
 
 
+def test_spark_metrics_take_other_column_names(random_case):
+    """The col_* keywords let frames with their own column names in without renaming."""
+    recs, truth, counts, genres, frames = random_case
+    names = {"user_idx": "user", "item_idx": "item", "rank": "position"}
+    own = {key: df.select(*[F.col(c).alias(names.get(c, c)) for c in df.columns]) for key, df in frames.items()}
+    cols = {"col_user": "user", "col_item": "item", "col_rank": "position"}
+    assert ranking_metrics(own["recs"], own["truth"], 5, **cols) == pytest.approx(
+        metrics.mean_ranking_metrics(recs, truth, 5))
+    assert catalogue_coverage(own["recs"], 40, 5, col_item="item", col_rank="position") == pytest.approx(
+        metrics.catalogue_coverage(recs, 40, 5))
+    assert novelty(own["recs"], own["counts"], 5, col_item="item", col_rank="position") == pytest.approx(
+        metrics.novelty(recs, counts, 5))
+    assert intra_list_diversity(own["recs"], own["genres"], 5, **cols) == pytest.approx(
+        metrics.intra_list_diversity(recs, genres, 5))
+
+
 def test_only_users_with_training_items_are_ranked_and_only_known_pairs_are_rated(spark):
     """Every model is compared on the same users and rating rows: the ones a baseline can score."""
     silver = spark.createDataFrame(
@@ -108,9 +123,49 @@ def test_only_users_with_training_items_are_ranked_and_only_known_pairs_are_rate
     train, test = rated_test_pairs(silver)
     assert train.count() == 3
     assert sorted(tuple(r) for r in test.select("user_idx", "item_idx").collect()) == [(1, 0)]  # item 2, user 2: new
-    truth = spark.createDataFrame([(0, 2), (1, 0), (2, 1)], "user int, item int")
+    truth = spark.createDataFrame([(0, 2), (1, 0), (2, 1)], "user_idx int, item_idx int")
     seen = spark.createDataFrame([(0, [0, 1]), (1, [1])], "user_idx int, seen array<int>")
     assert sorted(tuple(r) for r in warm_truth(truth, seen).collect()) == [(0, 2), (1, 0)]
+
+
+def _validation_set(seen: list[list[int]], relevant: list[set[int]]) -> validation.ValidationSet:
+    return validation.ValidationSet(np.arange(len(seen)), relevant, [np.array(s, dtype=np.int64) for s in seen])
+
+
+@pytest.mark.parametrize("relevant, expected", [({3}, 1.0), ({7}, 1 / math.log2(3))])
+def test_validation_ndcg_breaks_ties_like_the_scorer(relevant, expected):
+    """All scores equal: top_n_block orders the unseen items by item_idx, so the lowest comes first.
+
+    torch.topk alone returns these five tied items as 19, 11, 7, 16, 3 (torch 2.13, CPU).
+    """
+    n_items, unseen = 20, [3, 7, 11, 16, 19]
+    model = FactorModel(np.zeros((1, 4), np.float32), np.zeros((n_items, 4), np.float32), np.zeros(n_items, np.float32))
+    seen = [i for i in range(n_items) if i not in unseen]
+    assert validation.ndcg(model, _validation_set([seen], [relevant]), k=len(unseen)) == pytest.approx(expected)
+
+
+def test_validation_ndcg_ranks_by_score_then_item_idx():
+    """Reference order over the whole catalogue: score descending, then item_idx ascending, seen items left out."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, k = 12, 30, 5
+    # Small integer factors: exact float scores with many ties.
+    model = FactorModel(rng.integers(0, 3, (n_users, 2)).astype(np.float32),
+                        rng.integers(0, 3, (n_items, 2)).astype(np.float32), np.zeros(n_items, np.float32))
+    seen = [sorted(rng.choice(n_items, rng.integers(0, 8), replace=False).tolist()) for _ in range(n_users)]
+    relevant = [set(rng.choice(np.setdiff1d(np.arange(n_items), s), 3, replace=False).tolist()) for s in seen]
+    scores = model.user_factors @ model.item_factors.T + model.item_bias
+    expected = []
+    for u in range(n_users):
+        ranked = sorted((i for i in range(n_items) if i not in seen[u]), key=lambda i: (-scores[u, i], i))
+        expected.append(metrics.ndcg_at_k(ranked, relevant[u], k))
+    assert validation.ndcg(model, _validation_set(seen, relevant), k) == pytest.approx(float(np.mean(expected)))
+
+
+def test_validation_and_its_metrics_import_without_spark():
+    """Training workers import the validation code on GPU nodes that have no Spark."""
+    code = ("import sys, lakerec.validation, lakerec.metrics; "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('pyspark', 'delta')]")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_format_table_shows_a_dash_where_a_model_has_no_value():
@@ -151,7 +206,7 @@ def test_model_rating_error_is_the_rating_head_on_the_test_ratings(spark, pipeli
 
     from lakerec.features import TEST, TRAIN
     from lakerec.models import FactorModel
-    from lakerec.train import FACTORS_FILE, META_FILE, RATING_HEAD_FILE, latest_model_dir
+    from lakerec.model_store import FACTORS_FILE, META_FILE, RATING_HEAD_FILE, latest_model_dir
 
     cfg, results = pipeline_run
     model_dir = latest_model_dir(cfg)

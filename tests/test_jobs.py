@@ -17,6 +17,7 @@ def _overrides(tmp_path: Path, source: Path) -> list[str]:
             "--set", f"source.path={source}", "--set", "spark.shuffle_partitions=2"]
 
 
+@pytest.mark.slow
 def test_ingest_job_runs_under_spark_submit(spark, tiny_source, tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     cmd = [str(SPARK_SUBMIT), "--master", "local[1]", "--packages", "io.delta:delta-spark_2.13:4.0.1",

@@ -1,4 +1,6 @@
-"""Metrics in pure Python: the reference twins of the Spark implementation in evaluate.py.
+"""Metrics in pure Python: the reference twins of the Spark metrics in :mod:`lakerec.metrics_spark`.
+
+No Spark import here: :mod:`lakerec.validation` uses these in training workers, on GPU nodes without Spark.
 
 Ranking metrics use binary relevance. A user's list is ranked best first. Averages are over users
 with at least one relevant item; a user with no recommendations scores 0. MAP@K divides by
@@ -13,20 +15,24 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 
 def precision_at_k(recommended: Sequence[Hashable], relevant: set, k: int) -> float:
+    """Share of the top-``k`` slots holding a relevant item (empty slots count as misses)."""
     return sum(1 for item in recommended[:k] if item in relevant) / k
 
 
 def recall_at_k(recommended: Sequence[Hashable], relevant: set, k: int) -> float:
+    """Share of the relevant items found in the top-``k``."""
     return sum(1 for item in recommended[:k] if item in relevant) / len(relevant) if relevant else 0.0
 
 
 def ndcg_at_k(recommended: Sequence[Hashable], relevant: set, k: int) -> float:
+    """DCG of the top-``k`` over the DCG of an ideal list: rewards relevant items ranked early."""
     dcg = sum(1.0 / math.log2(rank + 1) for rank, item in enumerate(recommended[:k], start=1) if item in relevant)
     ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(relevant), k) + 1))
     return dcg / ideal if ideal else 0.0
 
 
 def average_precision_at_k(recommended: Sequence[Hashable], relevant: set, k: int) -> float:
+    """Mean precision at each hit in the top-``k``, divided by min(|relevant|, ``k``)."""
     hits, total = 0, 0.0
     for rank, item in enumerate(recommended[:k], start=1):
         if item in relevant:
@@ -36,6 +42,7 @@ def average_precision_at_k(recommended: Sequence[Hashable], relevant: set, k: in
 
 
 def hit_rate_at_k(recommended: Sequence[Hashable], relevant: set, k: int) -> float:
+    """1 when any relevant item is in the top-``k``, else 0."""
     return 1.0 if any(item in relevant for item in recommended[:k]) else 0.0
 
 
@@ -82,6 +89,7 @@ def novelty(recommendations: Mapping[Hashable, Sequence[Hashable]], item_counts:
 
 
 def _cosine_distance(a: set, b: set) -> float:
+    """Cosine distance of two genre sets as binary vectors."""
     return 1.0 - len(a & b) / math.sqrt(len(a) * len(b))
 
 

@@ -306,7 +306,8 @@ def top_n_block(
 
     ``seen_items`` holds every user's training items back to back, ``seen_lengths[u]`` of them for
     user ``u`` (the Arrow list layout). ``out`` is an optional (>= block, items) buffer to score into.
-    Order is score descending, then item_idx ascending, so ties are broken deterministically.
+    Order is score descending, then item_idx ascending, so ties are broken deterministically, at
+    the cut too: of several items tied at the n-th score, the lowest item_idx get in.
     Slots past a user's unseen items hold ``-inf`` scores and must be dropped by the caller.
     Runs on the factors' device (the scorer's CPU workers; a GPU for the bound in bench/).
     """
@@ -317,11 +318,28 @@ def top_n_block(
         scores.view(-1)[torch.from_numpy(flat).to(scores.device)] = float("-inf")
     k = min(n, n_items)
     values, items = torch.topk(scores, k, dim=1)
+    _lowest_items_at_the_cut(scores, values, items)
     items, by_item = torch.sort(items, dim=1)
     values = torch.gather(values, 1, by_item)
     values, by_score = torch.sort(values, dim=1, descending=True, stable=True)
     items = torch.gather(items, 1, by_score)
     return values.cpu().numpy(), items.cpu().numpy()
+
+
+def _lowest_items_at_the_cut(scores: torch.Tensor, values: torch.Tensor, items: torch.Tensor) -> None:
+    """Where items tie at the k-th score, keep the lowest item_idx among them (``items`` in place).
+
+    ``torch.topk`` picks any of the tied items, by hardware and version. One comparison pass finds
+    the rows with more items at or above the cut than slots (ties among real scores: popularity
+    counts often); only those rows are chosen again: everything above the cut, then tied items in
+    index order. Masked (-inf) and NaN cuts are left alone: the caller drops or rejects those.
+    """
+    cut = values[:, -1:]
+    tied = torch.isfinite(cut[:, 0]) & ((scores >= cut).sum(1) > values.shape[1])
+    for row in torch.nonzero(tied).flatten().tolist():
+        above = torch.nonzero(scores[row] > cut[row]).flatten()
+        at_cut = torch.nonzero(scores[row] == cut[row]).flatten()[: values.shape[1] - len(above)]
+        items[row] = torch.cat([above, at_cut])
 
 
 @dataclass

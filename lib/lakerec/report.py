@@ -15,12 +15,24 @@ from pyspark.sql import functions as F
 
 from lakerec import tables
 from lakerec.config import Config, resolve_path
-from lakerec.evaluate import format_table
-from lakerec.train import META_FILE
+from lakerec.model_store import META_FILE
 
 log = logging.getLogger(__name__)
 
 CURVE_METRICS = ("ndcg", "recall", "precision")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A small text table: one line per (metric, k), one column per model; '-' where a model has no value."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    keys = list(dict.fromkeys((r["metric"], r["k"]) for r in rows))
+    value = {(r["model"], r["metric"], r["k"]): r["value"] for r in rows}
+    lines = [f"{'metric':<14}" + "".join(f"{m:>12}" for m in models)]
+    for metric, k in keys:
+        label = f"{metric}@{k}" if k else metric
+        cells = (f"{value[(m, metric, k)]:>12.4f}" if (m, metric, k) in value else f"{'-':>12}" for m in models)
+        lines.append(f"{label:<14}" + "".join(cells))
+    return "\n".join(lines)
 
 
 def popularity_bias(spark: SparkSession, cfg: Config, ds: str) -> list[float]:

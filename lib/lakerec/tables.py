@@ -27,6 +27,13 @@ from lakerec.config import Config, resolve_path
 
 log = logging.getLogger(__name__)
 
+# Column names the evaluation shares with these tables, declared once (metrics take them as overrides).
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+RANK = "rank"
+RATING = "rating"
+PREDICTION = "prediction"
+
 
 @dataclass(frozen=True)
 class Table:

@@ -2,7 +2,10 @@
 
 The driver writes the validation positives of a bounded sample of users, with those users'
 training items (to mask), into ``validation.npz``; after each epoch rank 0 ranks the full
-catalogue for them and computes NDCG@K with the same metric code as the evaluation job.
+catalogue for them with the scorer's masked top-N (:func:`lakerec.models.top_n_block`, so ties
+fall as in the served and evaluated lists) and computes NDCG@K with the pure-Python twin of the
+evaluation's metric (:func:`lakerec.metrics.ndcg_at_k`). Spark is imported only inside
+:func:`export`, which runs on the driver: training workers import this module without it.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 
 from lakerec.metrics import ndcg_at_k
-from lakerec.models import FactorModel
+from lakerec.models import FactorModel, top_n_block
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -78,11 +81,15 @@ def export(spark: "SparkSession", cfg: "Config", max_users: int, n_users: int, n
 
 @torch.no_grad()
 def ndcg(model: FactorModel, val: ValidationSet, k: int = 10) -> float:
-    """Mean NDCG@k over the validation users: full ranking, training items masked."""
-    scores = torch.from_numpy(model.user_factors[val.users]) @ torch.from_numpy(model.item_factors).T
-    scores += torch.from_numpy(model.item_bias)
-    rows = torch.from_numpy(np.repeat(np.arange(len(val.users)), [len(s) for s in val.seen]))
-    if len(rows):
-        scores[rows, torch.from_numpy(np.concatenate(val.seen))] = float("-inf")
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.numpy()
-    return float(np.mean([ndcg_at_k(top[row].tolist(), rel, k) for row, rel in enumerate(val.relevant)]))
+    """Mean NDCG@k over the validation users, ranked by the scorer's masked top-N (its order, its ties)."""
+    scores, top = top_n_block(
+        torch.from_numpy(np.ascontiguousarray(model.user_factors[val.users], dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(model.item_factors, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(model.item_bias, dtype=np.float32)),
+        np.array([len(s) for s in val.seen], dtype=np.int64),
+        np.concatenate(val.seen).astype(np.int64) if val.seen else np.zeros(0, np.int64),
+        k,
+    )
+    # -inf slots are masked items, past a user's unseen ones: dropped, as the scorer drops them.
+    lists = [items[~np.isneginf(row)].tolist() for row, items in zip(scores, top)]
+    return float(np.mean([ndcg_at_k(items, rel, k) for items, rel in zip(lists, val.relevant)]))
