@@ -2,7 +2,7 @@
 
 Every job loads its config through :func:`load_config` before it touches Spark or any table, so
 an unknown key, a wrong type or a missing input path fails fast with a message naming the key.
-The dataclasses hold every default and its meaning: ``python -m lakerec.config`` writes the README table.
+The dataclasses hold every default and its meaning: ``python -m lakerec.readme`` writes the README table.
 """
 from __future__ import annotations
 
@@ -421,29 +421,3 @@ def settings(cls: type = Config, prefix: str = "") -> list[Setting]:
         if dataclasses.is_dataclass(hint):
             rows += settings(hint, key + ".")
     return rows
-
-
-def config_markdown() -> str:
-    """Every config key as a Markdown table (the README's "Config keys" table is this output)."""
-    lines = ["| key | default | meaning |", "|---|---|---|"]
-    for s in settings():
-        default = yaml.safe_dump(s.default, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
-        cells = (f"`{s.key}`", f"`{default}`", s.doc)
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
-
-
-README_BEGIN, README_END = "<!-- config:begin -->", "<!-- config:end -->"
-
-
-def readme_with_config(readme: str) -> str:
-    """``readme`` with the text between the config markers replaced by :func:`config_markdown`."""
-    head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    return f"{head}{README_BEGIN}\n{config_markdown()}\n{README_END}{tail}"
-
-
-if __name__ == "__main__":
-    readme_path = REPO_ROOT / "README.md"
-    readme_path.write_text(readme_with_config(readme_path.read_text(encoding="utf-8")), encoding="utf-8")
-    print(f"updated the config keys in {readme_path}")

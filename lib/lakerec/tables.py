@@ -315,32 +315,3 @@ def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, 
     merge.whenNotMatchedInsertAll().execute()
     metrics = DeltaTable.forPath(spark, table.path(cfg)).history(1).select("operationMetrics").first()[0]
     return int(metrics.get("numTargetRowsInserted", 0))
-
-
-def schema_markdown() -> str:
-    """Every table contract as a Markdown table (the README's "Tables" section is this output)."""
-    lines = ["| table (under `warehouse/`) | key | partition | columns |", "|---|---|---|---|"]
-    for t in ALL_TABLES:
-        cols = ", ".join(
-            f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' not null'}" for f in t.schema.fields
-        )
-        lines.append(f"| `{t.layer}/{t.name}` | {', '.join(t.key) or '—'} | {', '.join(t.partition_by) or '—'} | {cols} |")
-    return "\n".join(lines)
-
-
-README_BEGIN, README_END = "<!-- tables:begin -->", "<!-- tables:end -->"
-
-
-def readme_with_schemas(readme: str) -> str:
-    """``readme`` with the text between the table markers replaced by :func:`schema_markdown`."""
-    head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    return f"{head}{README_BEGIN}\n{schema_markdown()}\n{README_END}{tail}"
-
-
-if __name__ == "__main__":
-    from lakerec.config import REPO_ROOT
-
-    path = REPO_ROOT / "README.md"
-    path.write_text(readme_with_schemas(path.read_text()))
-    print(f"updated the table schemas in {path}")

@@ -1,0 +1,55 @@
+"""The README's generated sections: the table contracts and the config keys, written from the code.
+
+``python -m lakerec.readme`` rewrites the text between each pair of markers in README.md; a test
+fails when the README drifts from :mod:`lakerec.tables` or :mod:`lakerec.config`.
+"""
+from __future__ import annotations
+
+import yaml
+
+from lakerec.config import REPO_ROOT, settings
+
+TABLES_MARKERS = ("<!-- tables:begin -->", "<!-- tables:end -->")
+CONFIG_MARKERS = ("<!-- config:begin -->", "<!-- config:end -->")
+
+
+def schema_markdown() -> str:
+    """Every table contract as a Markdown table (the README's "Tables" section)."""
+    from lakerec.tables import ALL_TABLES
+
+    lines = ["| table (under `warehouse/`) | key | partition | columns |", "|---|---|---|---|"]
+    for t in ALL_TABLES:
+        cols = ", ".join(
+            f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' not null'}" for f in t.schema.fields
+        )
+        lines.append(f"| `{t.layer}/{t.name}` | {', '.join(t.key) or '—'} | {', '.join(t.partition_by) or '—'} | {cols} |")
+    return "\n".join(lines)
+
+
+def config_markdown() -> str:
+    """Every config key with its default and meaning as a Markdown table (the README's "Config keys")."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for s in settings():
+        default = yaml.safe_dump(s.default, default_flow_style=True, width=1 << 16).removesuffix("\n...\n").strip()
+        cells = (f"`{s.key}`", f"`{default}`", s.doc)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
+    begin, end = markers
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def with_generated_sections(readme: str) -> str:
+    """``readme`` with both generated tables rewritten from the code."""
+    return _replace_between(_replace_between(readme, TABLES_MARKERS, schema_markdown()), CONFIG_MARKERS,
+                            config_markdown())
+
+
+if __name__ == "__main__":
+    path = REPO_ROOT / "README.md"
+    path.write_text(with_generated_sections(path.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"updated the tables and config keys in {path}")
