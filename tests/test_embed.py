@@ -1,10 +1,12 @@
 """Item text embeddings with the real packaged encoder: normalised, and only changed texts re-embedded."""
 import numpy as np
+import pytest
 
 from conftest import make_config
 from lakerec import embed, ingest, tables
 
 
+@pytest.mark.slow
 def test_embeds_all_items_then_only_changed_ones(spark, source_copy, tmp_path):
     cfg = make_config(tmp_path, source_copy)
     ingest.run(spark, cfg, "2026-01-01")

@@ -7,6 +7,7 @@ from lakerec import features, ingest, tables
 from lakerec.config import FeaturesConfig
 
 
+@pytest.mark.slow
 def test_id_maps_are_stable_across_runs_with_new_keys(spark, source_copy, tmp_path):
     cfg = make_config(tmp_path, source_copy)
     ingest.run(spark, cfg, "2026-01-01")
@@ -68,6 +69,7 @@ def test_silver_dedupes_latest_event_and_labels(spark):
     assert [(r["user_idx"], r["item_idx"]) for r in examples.collect()] == [(0, 0)]
 
 
+@pytest.mark.slow
 def test_training_examples_are_train_positives_in_several_files(spark, tiny_source, tmp_path):
     cfg = make_config(tmp_path, tiny_source, "features.training_files=4")
     ingest.run(spark, cfg, "2026-01-01")
@@ -80,6 +82,7 @@ def test_training_examples_are_train_positives_in_several_files(spark, tiny_sour
     assert examples.where(F.col("rating").isNull()).count() == 0  # every MovieLens example keeps its rating
 
 
+@pytest.mark.slow
 def test_features_rewrite_a_table_left_by_an_older_schema(spark, tiny_source, tmp_path):
     """A warehouse from before training_examples had a rating column is upgraded by the next run."""
     cfg = make_config(tmp_path, tiny_source)
@@ -135,6 +138,7 @@ def test_kcore_filter_iterates_to_a_fixed_point(spark):
     assert kept == {(1, 10), (1, 11), (3, 10), (3, 11), (4, 10), (4, 11)}
 
 
+@pytest.mark.slow
 def test_item_and_user_features(spark, tiny_source, tmp_path):
     cfg = make_config(tmp_path, tiny_source)
     ingest.run(spark, cfg, "2026-01-01")

@@ -1,5 +1,6 @@
 """The house rules a reader relies on: short functions, modules by concern, imports that stay light."""
 import ast
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,26 @@ from lakerec.config import REPO_ROOT
 LIBRARY = sorted((REPO_ROOT / "lib" / "lakerec").glob("*.py"))
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 450
+
+# One fresh interpreter, imports in this order, a fact recorded after each step.
+IMPORT_FACTS = """
+import json, sys
+facts = {}
+import lakerec.validation, lakerec.metrics
+facts["spark_in_validation"] = sorted(m for m in sys.modules if m.split(".")[0] in ("pyspark", "delta"))
+import lakerec.baselines
+facts["evaluate_in_baselines"] = "lakerec.evaluate" in sys.modules
+import lakerec.score, lakerec.evaluate, lakerec.report
+facts["trainer_in_scoring"] = [m for m in ("lakerec.train", "lakerec.trainer", "lakerec.data", "petastorm")
+                               if m in sys.modules]
+import lakerec.data as data
+from petastorm import reader
+facts["patched_at_import"] = reader.ThreadPool is data.EndOfDataSafeThreadPool
+data.install_petastorm_patches()
+data.install_petastorm_patches()
+facts["patched_by_the_reader"] = reader.ThreadPool is data.EndOfDataSafeThreadPool
+print(json.dumps(facts))
+"""
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=lambda p: p.name)
@@ -22,20 +43,27 @@ def test_no_function_over_60_lines_and_no_module_over_450(path):
     assert not long, f"split these in {path.name}: {long}"
 
 
-def _fresh_python(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+@pytest.fixture(scope="module")
+def import_facts() -> dict:
+    out = subprocess.run([sys.executable, "-c", IMPORT_FACTS], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def test_scoring_and_evaluation_import_neither_the_trainer_nor_petastorm():
+def test_training_workers_import_the_validation_code_without_spark(import_facts):
+    """GPU nodes have no Spark."""
+    assert import_facts["spark_in_validation"] == []
+
+
+def test_the_baselines_do_not_import_the_evaluation_job(import_facts):
+    """The evaluation imports the baselines and passes its tuning hook in: no cycle."""
+    assert import_facts["evaluate_in_baselines"] is False
+
+
+def test_scoring_and_evaluation_import_neither_the_trainer_nor_petastorm(import_facts):
     """The scorer runs in Spark's Python workers: it must not drag in torch.distributed or Petastorm."""
-    loaded = _fresh_python("import sys, lakerec.score, lakerec.evaluate, lakerec.report; "
-                           "print([m for m in ('lakerec.train', 'lakerec.trainer', 'lakerec.data', 'petastorm') "
-                           "if m in sys.modules])")
-    assert loaded == "[]"
+    assert import_facts["trainer_in_scoring"] == []
 
 
-def test_importing_the_data_module_patches_nothing_until_a_reader_asks():
-    patched = _fresh_python("import lakerec.data as d; from petastorm import reader; "
-                            "before = reader.ThreadPool is d.EndOfDataSafeThreadPool; d.install_petastorm_patches(); "
-                            "d.install_petastorm_patches(); print(before, reader.ThreadPool is d.EndOfDataSafeThreadPool)")
-    assert patched == "False True"
+def test_importing_the_data_module_patches_petastorm_only_when_a_reader_asks(import_facts):
+    assert import_facts["patched_at_import"] is False
+    assert import_facts["patched_by_the_reader"] is True

@@ -1,4 +1,5 @@
 """Ingest: every raw line lands in bronze or quarantine with a reason; re-ingest adds nothing."""
+import pytest
 from pyspark.sql import functions as F
 
 from conftest import make_config
@@ -45,6 +46,7 @@ def test_malformed_rows_are_quarantined_and_valid_rows_all_land(spark, source_co
     assert bronze.where(F.col("ingest_ds") == "2026-01-01").count() == len(valid)
 
 
+@pytest.mark.slow
 def test_reingest_adds_nothing_and_overlap_adds_only_new_events(spark, source_copy, tmp_path):
     cfg = make_config(tmp_path, source_copy)
     first = ingest.run(spark, cfg, "2026-01-01")

@@ -1,5 +1,6 @@
 """Source formats: MovieLens presets and generic CSV / Parquet / JSON with a column mapping."""
 import pandas as pd
+import pytest
 from pyspark.sql import functions as F
 
 from conftest import SHARED_DATA, make_config, requires_shared_data
@@ -54,6 +55,7 @@ def _write_generic(src):
     )
 
 
+@pytest.mark.slow
 def test_generic_csv_with_mapping_and_json_items(spark, tmp_path):
     src = tmp_path / "music"
     _write_generic(src)

@@ -40,7 +40,7 @@ class SparkConfig:
     shuffle_partitions: int = setting(8, "`spark.sql.shuffle.partitions`")
     delta_package: str = setting("io.delta:delta-spark_2.13:4.0.1", "from Maven Central, via `spark.jars.packages`")
     delta_jars: list[str] = setting(factory=list, doc="local jars (air-gapped): when set they replace `delta_package`")
-    arrow_batch_size: int = setting(10000, "rows per Arrow batch into pandas UDFs")
+    arrow_batch_size: int = setting(10000, "rows per Arrow batch into the Python UDFs (the scorer, the embedder)")
     conf: dict[str, str] = setting(factory=dict, doc="any other Spark setting, e.g. `{spark.executor.memory: 8g}`")
 
 
@@ -165,7 +165,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     top_n: int = setting(100, "recommendations per user")
-    block_size: int = setting(1024, "users scored per matrix multiply inside the pandas UDF")
+    block_size: int = setting(1024, "users scored per matrix multiply inside the scorer's Arrow UDF")
     threads_per_worker: int = setting(1, "torch threads in each Python worker (cores / concurrent tasks)")
     min_coverage_ratio: float = setting(0.5, "publish gate: distinct items recommended >= this x the previous ds's")
 
