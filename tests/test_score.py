@@ -36,13 +36,13 @@ def test_top_n_block_matches_brute_force_sort():
 
 def test_items_tied_at_the_cut_get_in_by_lowest_item_idx():
     """Popularity ties often: of the items tied at the n-th score, the lowest item_idx get the slots."""
-    counts = torch.tensor([5.0, 1, 3, 3, 1, 3, 1, 1, 3, 1])  # items 2, 3, 5, 8 tie for slots 2-4
+    counts = torch.tensor([4.0, 1, 3, 3, 1, 3, 1, 5, 3, 1])  # items 2, 3, 5, 8 tie for slots 3-5
     zeros = torch.zeros(2, 1)
     seen = np.array([3])  # user 1 has seen item 3
-    values, top = top_n_block(zeros, torch.zeros(10, 1), counts, np.array([0, 1]), seen, 3)
-    assert top.tolist() == [[0, 2, 3], [0, 2, 5]]
-    values, top = top_n_block(zeros, torch.zeros(10, 1), counts, np.array([0, 1]), seen, 6)
-    assert top.tolist() == [[0, 2, 3, 5, 8, 1], [0, 2, 5, 8, 1, 4]]
+    for n, expected in ((4, [[7, 0, 2, 3], [7, 0, 2, 5]]), (7, [[7, 0, 2, 3, 5, 8, 1], [7, 0, 2, 5, 8, 1, 4]])):
+        values, top = top_n_block(zeros, torch.zeros(10, 1), counts, np.array([0, 1]), seen, n)
+        assert top.tolist() == expected
+        assert np.array_equal(values, counts.numpy()[top])  # each item keeps its own score
 
 
 def test_top_n_block_reuses_a_larger_buffer_and_never_returns_seen_items():

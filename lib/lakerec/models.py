@@ -327,7 +327,7 @@ def top_n_block(
 
 
 def _lowest_items_at_the_cut(scores: torch.Tensor, values: torch.Tensor, items: torch.Tensor) -> None:
-    """Where items tie at the k-th score, keep the lowest item_idx among them (``items`` in place).
+    """Where items tie at the k-th score, keep the lowest item_idx among them (``values``, ``items`` in place).
 
     ``torch.topk`` picks any of the tied items, by hardware and version. One comparison pass finds
     the rows with more items at or above the cut than slots (ties among real scores: popularity
@@ -340,6 +340,7 @@ def _lowest_items_at_the_cut(scores: torch.Tensor, values: torch.Tensor, items: 
         above = torch.nonzero(scores[row] > cut[row]).flatten()
         at_cut = torch.nonzero(scores[row] == cut[row]).flatten()[: values.shape[1] - len(above)]
         items[row] = torch.cat([above, at_cut])
+        values[row] = scores[row, items[row]]
 
 
 @dataclass
