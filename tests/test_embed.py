@@ -35,6 +35,7 @@ def test_embeds_all_items_then_only_changed_ones(spark, source_copy, tmp_path):
     assert tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).count() == n_items
 
 
+@pytest.mark.slow  # loads the packaged MiniLM encoder
 def test_related_titles_are_closer_than_unrelated_ones():
     encoder = embed.load_encoder(embed.PACKAGED_ENCODER)
     a, b, c = encoder.encode(["space adventure with aliens", "science fiction aliens in space", "romantic comedy wedding"],
