@@ -317,8 +317,8 @@ def top_n_block(
         flat = np.repeat(np.arange(n_users, dtype=np.int64) * n_items, seen_lengths) + seen_items
         scores.view(-1)[torch.from_numpy(flat).to(scores.device)] = float("-inf")
     k = min(n, n_items)
-    values, items = torch.topk(scores, k, dim=1)
-    _lowest_items_at_the_cut(scores, values, items)
+    values, items = torch.topk(scores, min(k + 1, n_items), dim=1)  # one past the cut shows a tie at it
+    values, items = _lowest_items_at_the_cut(scores, values, items, k)
     items, by_item = torch.sort(items, dim=1)
     values = torch.gather(values, 1, by_item)
     values, by_score = torch.sort(values, dim=1, descending=True, stable=True)
@@ -326,21 +326,29 @@ def top_n_block(
     return values.cpu().numpy(), items.cpu().numpy()
 
 
-def _lowest_items_at_the_cut(scores: torch.Tensor, values: torch.Tensor, items: torch.Tensor) -> None:
-    """Where items tie at the k-th score, keep the lowest item_idx among them (``values``, ``items`` in place).
+def _lowest_items_at_the_cut(
+    scores: torch.Tensor, values: torch.Tensor, items: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` of a top-(k+1): where items tie at the k-th score, the lowest item_idx among them.
 
-    ``torch.topk`` picks any of the tied items, by hardware and version. One comparison pass finds
-    the rows with more items at or above the cut than slots (ties among real scores: popularity
-    counts often); only those rows are chosen again: everything above the cut, then tied items in
-    index order. Masked (-inf) and NaN cuts are left alone: the caller drops or rejects those.
+    ``torch.topk`` picks any of the tied items, by hardware and version. A row ties at the cut when
+    its (k+1)-th score equals its k-th (popularity counts often do); only those rows are chosen
+    again, all at once: everything above the cut, then tied items in index order. Masked (-inf)
+    and NaN cuts are left alone: the caller drops or rejects those.
     """
-    cut = values[:, -1:]
-    tied = torch.isfinite(cut[:, 0]) & ((scores >= cut).sum(1) > values.shape[1])
-    for row in torch.nonzero(tied).flatten().tolist():
-        above = torch.nonzero(scores[row] > cut[row]).flatten()
-        at_cut = torch.nonzero(scores[row] == cut[row]).flatten()[: values.shape[1] - len(above)]
-        items[row] = torch.cat([above, at_cut])
-        values[row] = scores[row, items[row]]
+    if values.shape[1] == k:  # k is the whole catalogue: no cut
+        return values, items
+    cut = values[:, k - 1 : k]
+    rows = torch.nonzero(torch.isfinite(cut[:, 0]) & (values[:, k] == cut[:, 0])).flatten()
+    values, items = values[:, :k].clone(), items[:, :k].clone()
+    if len(rows):
+        tied_scores, tied_cut = scores[rows], cut[rows]
+        above = tied_scores > tied_cut
+        at_cut = tied_scores == tied_cut
+        chosen = above | (at_cut & (at_cut.cumsum(1) <= k - above.sum(1, keepdim=True)))
+        items[rows] = torch.nonzero(chosen)[:, 1].view(len(rows), k)  # row-major: each row's k items, by index
+        values[rows] = tied_scores.gather(1, items[rows])
+    return values, items
 
 
 @dataclass
