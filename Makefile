@@ -7,7 +7,7 @@ ENV ?= local
 SCALE ?= 1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench bench-features bench-score bench-train bench-quality bench-gpu-bundle clean
+.PHONY: install run test test-fast bench bench-features bench-score bench-topn bench-train bench-quality bench-gpu-bundle clean
 
 install: $(STAMP)
 
@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 # Benchmarks (BENCHMARKS.md). SCALE shrinks the synthetic shapes for a quick run, e.g. SCALE=0.1.
-bench: bench-features bench-score bench-train bench-quality
+bench: bench-features bench-score bench-topn bench-train bench-quality
 
 # Ingest + features at the MovieLens 25M shape: wall time and peak memory.
 bench-features: $(STAMP)
@@ -40,6 +40,10 @@ bench-features: $(STAMP)
 # Scorer vs Spark ALS vs a bare torch bound at the MovieLens 25M shape.
 bench-score: $(STAMP)
 	$(PY) bench/bench_score.py --scale $(SCALE) --record BENCHMARKS.md
+
+# The top-N's tie-break at the cut, with and without, on one block at the MovieLens 25M shape.
+bench-topn: $(STAMP)
+	$(PY) bench/bench_topn_ties.py
 
 # Petastorm loader vs raw pyarrow (20M training examples x SCALE) vs training (500k x SCALE).
 bench-train: $(STAMP)

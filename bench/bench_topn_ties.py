@@ -1,9 +1,9 @@
 """Cost of the tie-break at the cut in ``top_n_block``: one block at the MovieLens 25M shape.
 
 Times ``top_n_block`` on 1,024 users x 59,047 items (d=64, N=100, one torch thread, ~150 seen
-items per user) with the tie-break and with it switched off, alternating, best of 5, for MF-like
+items per user) with the tie-break and without it (the top-(k+1) cut to k), alternating, best of 5, for MF-like
 random factors (no ties) and for the popularity model (every row ties at the cut).
-    python bench/bench_topn_ties.py
+    make bench-topn          (or: .venv/bin/python bench/bench_topn_ties.py)
 """
 from __future__ import annotations
 
