@@ -7,7 +7,7 @@ ENV ?= local
 SCALE ?= 1.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench bench-features bench-score bench-topn bench-train bench-quality bench-gpu-bundle clean
+.PHONY: install run test test-fast bench bench-features bench-score bench-topn bench-train bench-quality bench-replay bench-gpu-bundle clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ bench-train: $(STAMP)
 # Model vs popularity / ALS / EASE on ml-100k (from ../shared, or ML100K=path) and ml-latest-small.
 bench-quality: $(STAMP)
 	$(PY) bench/bench_quality.py $(if $(ML100K),--ml100k $(ML100K))
+
+# ml-latest-small replayed as an initial load + NIGHTS daily drops: next-day hit@10 (served, frozen, popularity), seconds per night.
+NIGHTS ?= 7
+bench-replay: $(STAMP)
+	$(PY) bench/bench_replay.py --nights $(NIGHTS)
 
 # GPU node checks (bench/bench_gpu.py): training inputs written here with Spark + the trainer's data
 # stack for CPython 3.12, carried to a node that has torch but no Spark or network.

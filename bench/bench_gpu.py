@@ -42,10 +42,10 @@ import torch
 from bench_train import loader_pass, machine, raw_pass
 from lakerec.config import TrainConfig, load_config
 from lakerec.data import count_rows, read_columns
-from lakerec.model_store import FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs
+from lakerec.model_store import (BACKTEST, FACTORS_FILE, INPUTS_FILE, META_FILE, RATING_HEAD_FILE, TrainInputs,
+                                 resolved_train)
 from lakerec.models import Objective, top_n_block
 from lakerec.synthetic import ML25M_ITEMS, ML25M_USERS, random_factors
-from lakerec.train import resolved_train
 from lakerec.trainer import build_model, build_rating_head, load_history
 
 BUNDLE = Path(__file__).resolve().parents[1] / "gpu_bundle"
@@ -89,7 +89,7 @@ def bundle(dest: Path, rows: int, users: int, items: int, batch_size: int, epoch
         ds = "2026-01-01"
         ingest.run(spark, cfg, ds)
         features.run(spark, cfg, ds)
-        prepared = TrainInputs.load(train.run(spark, cfg, ds)["inputs"])
+        prepared = TrainInputs.load(train.run(spark, cfg, ds)[BACKTEST]["inputs"])  # scored on the test split
         spark.stop()
         # One GPU takes the global batch of the CPU default (num_processes x batch_size).
         _pack(prepared, dest / "mls", batch_size=cfg.train.batch_size * cfg.train.num_processes)
@@ -314,6 +314,7 @@ def evaluate_returned(model_dir: Path, out: Path) -> None:
     from lakerec import evaluate, features, ingest, metrics_spark, train
     from lakerec.config import resolve_path
     from lakerec.models import FactorModel
+    from lakerec.snapshot import Snapshot
     from lakerec.spark import build_spark
 
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
@@ -323,13 +324,13 @@ def evaluate_returned(model_dir: Path, out: Path) -> None:
         ds = "2026-01-01"
         ingest.run(spark, cfg, ds)
         features.run(spark, cfg, ds)
-        cpu_dir = Path(resolve_path(cfg.models_dir)) / train.run(spark, cfg, ds)["model_version"]
-        inputs = evaluate.load_inputs(spark, cfg)
+        cpu_dir = Path(resolve_path(cfg.models_dir)) / train.run(spark, cfg, ds)[BACKTEST]["model_version"]
+        inputs = evaluate.load_inputs(spark, cfg, Snapshot.load(spark, cfg, ds))
         result = {}
         for name, directory in (("gpu", model_dir), ("cpu", cpu_dir)):
             recs = evaluate.ranked_lists(inputs.test_users, FactorModel.load(directory / FACTORS_FILE), name, 10, cfg)
             result[name] = {**metrics_spark.ranking_metrics(recs, inputs.test_truth, 10),
-                            **(evaluate.model_rating_errors(spark, cfg, directory) or {})}
+                            **(evaluate.model_rating_errors(spark, inputs.silver, cfg, directory) or {})}
         spark.stop()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

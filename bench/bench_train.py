@@ -38,7 +38,7 @@ import torch
 from lakerec.config import load_config
 from lakerec.data import active_files, count_rows, iterate_batches
 from lakerec.model_store import META_FILE, TrainInputs
-from lakerec.train import resolved_train
+from lakerec.model_store import resolved_train
 from lakerec.trainer import train_worker
 
 COLUMNS = ["user_idx", "item_idx", "label"]

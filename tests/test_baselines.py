@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import make_config
-from lakerec import baselines, evaluate, features, ingest, tables
+from conftest import PIPELINE_DS, make_config
+from lakerec import baselines, evaluate, features, ingest
 from lakerec.config import EaseConfig
 from lakerec.features import TRAIN
+from lakerec.snapshot import Snapshot
 
 
 def _direct_ease(x: np.ndarray, l2: float) -> np.ndarray:
@@ -76,7 +77,7 @@ def test_als_users_and_items_it_never_saw_get_zero_vectors(spark):
 @pytest.fixture(scope="module")
 def pipeline_inputs(spark, pipeline_run):
     cfg, _ = pipeline_run
-    inputs = evaluate.load_inputs(spark, cfg)
+    inputs = evaluate.load_inputs(spark, cfg, Snapshot.load(spark, cfg, PIPELINE_DS))
     yield cfg, inputs
     inputs.release()
 
@@ -86,11 +87,10 @@ def test_baseline_top_n_ranks_only_items_unseen_in_training(spark, pipeline_inpu
     cfg, inputs = pipeline_inputs
     assert evaluate.validation_ndcg(inputs, cfg) is None  # no validation split: fixed hyperparameters
     fit = {"als": baselines.fit_als, "ease": baselines.fit_ease}[name]
-    model = fit(spark, cfg, inputs.n_users, inputs.n_items, None)
+    model = fit(cfg, inputs.silver, inputs.n_users, inputs.n_items, None)
     n = 15
     recs = evaluate.ranked_lists(inputs.test_users, model, name, n, cfg).toPandas()
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
-    train = {(r["user_idx"], r["item_idx"]) for r in silver.where(F.col("split") == TRAIN).collect()}
+    train = {(r["user_idx"], r["item_idx"]) for r in inputs.silver.where(F.col("split") == TRAIN).collect()}
     assert list(recs.columns) == ["user_idx", "item_idx", "rank"]
     assert set(recs["user_idx"]) == {r["user_idx"] for r in inputs.test_users.collect()}
     assert not {(u, i) for u, i in zip(recs["user_idx"], recs["item_idx"])} & train
@@ -109,7 +109,7 @@ def validation_warehouse(spark, tiny_source, tmp_path_factory):
                       "evaluate.als.tune_alphas=[5.0]", "evaluate.als.max_iter=5", "evaluate.ease.tune_l2=[1.0, 1000.0]")
     ingest.run(spark, cfg, "2026-01-01")
     features.run(spark, cfg, "2026-01-01")
-    inputs = evaluate.load_inputs(spark, cfg)
+    inputs = evaluate.load_inputs(spark, cfg, Snapshot.load(spark, cfg, "2026-01-01"))
     yield cfg, inputs
     inputs.release()
 
@@ -120,7 +120,7 @@ def test_tuning_picks_the_grid_point_with_the_best_validation_ndcg(spark, valida
     assert inputs.val_truth is not None and inputs.val_truth.count() > 0
     validate = evaluate.validation_ndcg(inputs, cfg)
     with caplog.at_level(logging.INFO, logger="lakerec"):
-        als = baselines.fit_als(spark, cfg, inputs.n_users, inputs.n_items, validate)
+        als = baselines.fit_als(cfg, inputs.silver, inputs.n_users, inputs.n_items, validate)
     scores = {
         ast.literal_eval(m.group(1))["rank"]: float(m.group(2))
         for m in (re.match(r"validation (\{.*\}): ([0-9.]+)$", r.getMessage()) for r in caplog.records) if m
@@ -128,8 +128,8 @@ def test_tuning_picks_the_grid_point_with_the_best_validation_ndcg(spark, valida
     assert set(scores) == {2, 8}
     assert scores[als.user_factors.shape[1]] == max(scores.values())
 
-    ease = baselines.fit_ease(spark, cfg, inputs.n_users, inputs.n_items, validate)
-    train = baselines.train_positives(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
+    ease = baselines.fit_ease(cfg, inputs.silver, inputs.n_users, inputs.n_items, validate)
+    train = baselines.train_positives(inputs.silver)
     x = baselines.interaction_matrix(train, inputs.n_users, inputs.n_items)
     weights = {l2: baselines.ease_weights(baselines.gram_matrix(x), l2) for l2 in (1.0, 1000.0)}
     by_l2 = {l2: validate(baselines.ease_model(x, b)) for l2, b in weights.items()}

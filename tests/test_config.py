@@ -49,7 +49,7 @@ def test_bad_config_names_the_key(override, key):
 
 def test_decays_follow_the_split_unless_set():
     """Null weights recent examples and history when the split holds out the future, never under random_user."""
-    from lakerec.train import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, resolved_train
+    from lakerec.model_store import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, resolved_train
 
     for split in ("temporal_user", "global_time"):
         tc = resolved_train(load_config("local", overrides=[f"features.split={split}"]))

@@ -18,6 +18,8 @@ from lakerec.data import (
     iterate_batches,
     spark_converter,
 )
+from lakerec.model_store import BACKTEST
+from lakerec.snapshot import Snapshot
 
 COLUMNS = ["user_idx", "item_idx", "label"]
 
@@ -237,7 +239,7 @@ def test_train_job_pins_converter_files_with_data_path_spark_converter(spark, ex
     files, rows = examples
     cfg = make_config(Path(example_cfg.warehouse).parent, Path(example_cfg.source.path),
                       "train.data_path=spark_converter", f"train.petastorm_cache_dir={example_cfg.train.petastorm_cache_dir}")
-    inputs = train.prepare(spark, cfg, "2026-01-01")
+    inputs = train.prepare(spark, cfg, "2026-01-01", BACKTEST, Snapshot.load(spark, cfg, "2026-01-01"))
     assert all(f.startswith("file://" + cfg.train.petastorm_cache_dir) for f in inputs.files)
     assert inputs.total_rows == len(rows)
     assert _all_rows(inputs.files) == _all_rows(files)

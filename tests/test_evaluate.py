@@ -174,8 +174,9 @@ def test_format_table_shows_a_dash_where_a_model_has_no_value():
 def test_metrics_table_holds_model_and_baseline_rows(spark, pipeline_run):
     cfg, results = pipeline_run
     rows = tables.read(spark, cfg, tables.METRICS).where(F.col("ds") == PIPELINE_DS).collect()
+    # the first night: no lists were served before it, so no feedback rows, only the backtest
     assert {r["model"] for r in rows} == {"model", "popularity", "als", "ease"}
-    assert len({r["model_version"] for r in rows}) == 1
+    assert {r["model_version"] for r in rows} == {results["train"]["backtest"]["model_version"]}
     by_model = {}
     for r in rows:
         by_model.setdefault(r["model"], {})[(r["metric"], r["k"])] = r["value"]
@@ -197,16 +198,18 @@ def test_model_rating_error_is_the_rating_head_on_the_test_ratings(spark, pipeli
 
     from lakerec.features import TEST, TRAIN
     from lakerec.models import FactorModel
-    from lakerec.model_store import FACTORS_FILE, META_FILE, RATING_HEAD_FILE, latest_model_dir
+    from lakerec.model_store import FACTORS_FILE, META_FILE, RATING_HEAD_FILE, models_root
+    from lakerec.snapshot import Snapshot
 
     cfg, results = pipeline_run
-    model_dir = latest_model_dir(cfg)
+    model_dir = models_root(cfg) / results["train"]["backtest"]["model_version"]  # the model evaluated
     history = json.loads((model_dir / META_FILE).read_text())["history"]
     assert all(h["rating_rmse"] > 0 for h in history)
     factors = FactorModel.load(model_dir / FACTORS_FILE)
     with np.load(model_dir / RATING_HEAD_FILE) as head:
         mean, user_bias, item_bias, weight = head["mean"], head["user_bias"], head["item_bias"], head["weight"]
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx", "rating", "split").toPandas()
+    silver = Snapshot.load(spark, cfg, PIPELINE_DS).read(spark, cfg, tables.SILVER_INTERACTIONS)
+    silver = silver.select("user_idx", "item_idx", "rating", "split").toPandas()
     train = silver[(silver["split"] == TRAIN) & silver["rating"].notna()]
     test = silver[(silver["split"] == TEST) & silver["user_idx"].isin(train["user_idx"]) & silver["item_idx"].isin(train["item_idx"])]
     assert len(test) > 0
@@ -223,6 +226,7 @@ def test_pipeline_writes_the_evaluation_report(pipeline_run):
     path = results["report"]
     text = path.read_text()
     assert f"ds={PIPELINE_DS}" in text and "ndcg@10" in text and "popularity" in text
+    assert results["train"]["serving"]["model_version"] in text and results["train"]["backtest"]["model_version"] in text
     for png in ("metrics_at_k.png", "training.png", "popularity_bias.png"):
         image = path.parent / png
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

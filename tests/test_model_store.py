@@ -13,12 +13,12 @@ def _finished(root: Path, version: str, ds: str) -> Path:
 
 
 def test_latest_moves_forward_only_by_ds(tmp_path):
-    night2 = _finished(tmp_path, "mf-2026-01-02-t5-a", "2026-01-02")
+    night2 = _finished(tmp_path, "mf-serving-2026-01-02-t5-a", "2026-01-02")
     assert publish_latest(night2, "2026-01-02")
-    backfill = _finished(tmp_path, "mf-2026-01-01-t3-a", "2026-01-01")
+    backfill = _finished(tmp_path, "mf-serving-2026-01-01-t3-a", "2026-01-01")
     assert not publish_latest(backfill, "2026-01-01")
     assert (tmp_path / LATEST_FILE).read_text() == night2.name
-    retrained = _finished(tmp_path, "mf-2026-01-02-t5-b", "2026-01-02")  # same night, other settings
+    retrained = _finished(tmp_path, "mf-serving-2026-01-02-t5-b", "2026-01-02")  # same night, other settings
     assert publish_latest(retrained, "2026-01-02")
     assert (tmp_path / LATEST_FILE).read_text() == retrained.name
 

@@ -1,19 +1,28 @@
 """The README stays true: its table schemas and config keys are the code's, and it documents every job."""
-from lakerec.config import REPO_ROOT
-from lakerec.readme import with_generated_sections
+import re
+
+from lakerec.config import REPO_ROOT, settings
+from lakerec.readme import CONFIG_DOC, with_config, with_tables
 
 README = (REPO_ROOT / "README.md").read_text()
+CONFIG = CONFIG_DOC.read_text()
 
 
 def test_readme_tables_and_config_keys_match_the_code():
-    assert with_generated_sections(README) == README, "run `python -m lakerec.readme` to refresh README.md"
+    assert with_tables(README) == README, "run `python -m lakerec.readme` to refresh README.md"
+    assert with_config(CONFIG) == CONFIG, "run `python -m lakerec.readme` to refresh docs/config.md"
 
 
 def test_a_stale_generated_row_is_caught():
-    for row, stale in (("| `train.epochs` | `15` |", "| `train.epochs` | `10` |"),
-                       ("`ts` bigint, `split` string not null", "`ts` bigint")):
-        assert row in README
-        assert with_generated_sections(README.replace(row, stale)) == README
+    assert with_config(CONFIG.replace("| `train.epochs` | `15` |", "| `train.epochs` | `10` |")) == CONFIG
+    assert with_tables(README.replace("`ts` bigint, `split` string not null", "`ts` bigint")) == README
+
+
+def test_every_key_the_readme_names_exists():
+    known = {s.key for s in settings()}
+    section = README.split("## Config keys")[1].split("##")[0]
+    named = {key for key in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section) if not key.endswith(".yaml")}
+    assert named and named <= known | {"source.interactions", "source.items"}, named - known
 
 
 def test_readme_documents_every_job_and_quick_start():
@@ -36,3 +45,13 @@ def test_airflow_dag_runs_every_job_in_pipeline_order():
     assert dag_stages == tuple(name for name, _ in STAGES)
     assert all((REPO_ROOT / "jobs" / f"{name}.py").is_file() for name in dag_stages)
     assert "--ds {{ ds }}" in source
+
+
+def test_the_airflow_dag_does_not_catch_up_and_takes_its_start_date_from_a_setting():
+    import ast
+
+    source = (REPO_ROOT / "airflow" / "lakerec_nightly.py").read_text()
+    keywords = {k.arg: k.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+                for k in node.keywords}
+    assert ast.literal_eval(keywords["catchup"]) is False
+    assert "LAKEREC_START_DATE" in source and "airflow backfill create" in source

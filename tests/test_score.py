@@ -11,9 +11,10 @@ import torch
 from pyspark.sql import functions as F
 
 from conftest import PIPELINE_DS
-from lakerec import score, tables
+from lakerec import features, score, tables
 from lakerec.models import FactorModel, top_n_block
-from lakerec.model_store import FACTORS_FILE, latest_model_dir
+from lakerec.model_store import FACTORS_FILE, SERVING, latest_model_dir, models_root
+from lakerec.snapshot import Snapshot
 
 
 def test_top_n_block_matches_brute_force_sort():
@@ -78,18 +79,41 @@ def _recs(spark, cfg, ds=PIPELINE_DS):
     return tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == ds)
 
 
+def _snap(spark, cfg, ds=PIPELINE_DS) -> Snapshot:
+    """``ds``'s snapshot; for a night the pipeline did not run, the features job runs it first (same bronze)."""
+    try:
+        return Snapshot.load(spark, cfg, ds)
+    except RuntimeError:
+        features.run(spark, cfg, ds)
+        return Snapshot.load(spark, cfg, ds)
+
+
+def _serving_model(cfg, results) -> Path:
+    """The night's serving model: what LATEST names and score.run uses by default."""
+    model_dir = models_root(cfg) / results["train"][SERVING]["model_version"]
+    assert latest_model_dir(cfg) == model_dir
+    return model_dir
+
+
+def _history_users(spark, cfg, snap):
+    """user_idx of the users with positives in any split as of the night: those the serving model has rows for."""
+    silver = snap.read(spark, cfg, tables.SILVER_INTERACTIONS)
+    return silver.where(F.col("label") > 0).select("user_idx").distinct()
+
+
 def test_every_user_with_history_gets_unseen_items_in_rank_order(spark, pipeline_run):
-    """Unseen in any split: the test split holds each user's latest items, served lists leave them out too."""
+    """Unseen in any split: the serving model learnt every split, served lists leave all of them out."""
     cfg, _ = pipeline_run
     n = cfg.score.top_n
+    snap = _snap(spark, cfg)
     recs = _recs(spark, cfg).where(F.col("reason") == score.MODEL_REASON).toPandas()
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
-    users = tables.read(spark, cfg, tables.ID_MAP_USERS)
-    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS)
+    silver = snap.read(spark, cfg, tables.SILVER_INTERACTIONS)
+    users = snap.read(spark, cfg, tables.ID_MAP_USERS)
+    items = snap.read(spark, cfg, tables.ID_MAP_ITEMS)
     seen = (silver.join(users.withColumnRenamed("idx", "user_idx").withColumnRenamed("key", "user_key"), "user_idx")
             .join(items.withColumnRenamed("idx", "item_idx").withColumnRenamed("key", "item_key"), "item_idx")
-            .select("user_key", "item_key", "split").toPandas())
-    assert recs["user_key"].nunique() == seen.loc[seen["split"] == "train", "user_key"].nunique()
+            .select("user_key", "item_key", "split", "label").toPandas())
+    assert recs["user_key"].nunique() == seen.loc[seen["label"] > 0, "user_key"].nunique()
     seen_sets = seen.groupby("user_key")["item_key"].apply(set)
     n_items = items.count()
     for user, group in recs.groupby("user_key"):
@@ -102,12 +126,14 @@ def test_every_user_with_history_gets_unseen_items_in_rank_order(spark, pipeline
 
 
 def test_rerun_of_same_ds_leaves_identical_rows(spark, pipeline_run):
-    cfg, _ = pipeline_run
+    cfg, results = pipeline_run
     before = sorted(tuple(r) for r in _recs(spark, cfg).collect())
-    score.run(spark, cfg, PIPELINE_DS)
+    total = tables.read(spark, cfg, tables.RECOMMENDATIONS).count()
+    summary = score.run(spark, cfg, PIPELINE_DS)
+    assert summary["model_version"] == results["train"][SERVING]["model_version"]  # the night's serving model
     after = sorted(tuple(r) for r in _recs(spark, cfg).collect())
     assert after == before
-    assert tables.read(spark, cfg, tables.RECOMMENDATIONS).count() == len(before)
+    assert tables.read(spark, cfg, tables.RECOMMENDATIONS).count() == total
 
 
 def _file_stats(cfg, table) -> list[dict]:
@@ -126,38 +152,42 @@ def test_recommendation_files_carry_statistics_only_where_reads_use_them(spark, 
 
 def test_cold_users_get_the_popularity_fallback(spark, pipeline_run):
     cfg, _ = pipeline_run
-    all_users = tables.read(spark, cfg, tables.ID_MAP_USERS).count()
+    snap = _snap(spark, cfg)
+    all_users = snap.read(spark, cfg, tables.ID_MAP_USERS).count()
+    assert snap.read(spark, cfg, tables.USER_FEATURES).count() == all_users  # one night: its users are all users
     recs = _recs(spark, cfg)
     assert recs.select("user_key").distinct().count() == all_users
     fallback = recs.where(F.col("reason") == score.FALLBACK_REASON)
-    train_users = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where("split = 'train'").select("user_idx").distinct().count()
-    assert fallback.select("user_key").distinct().count() == all_users - train_users
+    history_users = _history_users(spark, cfg, snap).count()
+    assert fallback.select("user_key").distinct().count() == all_users - history_users
 
 
 def test_users_newer_than_the_model_get_popularity_minus_what_they_have_seen(spark, pipeline_run, tmp_path):
     """Features rerun after the model was trained: its last users have history but no model row."""
-    cfg, _ = pipeline_run
-    good = latest_model_dir(cfg)
+    cfg, results = pipeline_run
+    snap = _snap(spark, cfg)
+    good = _serving_model(cfg, results)
     older = tmp_path / "older-model"
     shutil.copytree(good, older)
     model = FactorModel.load(good / FACTORS_FILE)
     n_users = model.user_factors.shape[0] - 3
     FactorModel(model.user_factors[:n_users], model.item_factors, model.item_bias).save(older / FACTORS_FILE)
 
-    recs = score.build_recommendations(spark, cfg, "2026-01-04", older).cache()
-    assert score.gate_failures(spark, cfg, recs, "2026-01-04") == []
-    train_users = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where("split = 'train'").select("user_idx").distinct()
-    modelled = train_users.where(F.col("user_idx") < n_users).count()
-    assert modelled == train_users.count() - 3
-    all_users = tables.read(spark, cfg, tables.ID_MAP_USERS).count()
+    recs = score.build_recommendations(spark, cfg, snap, older).cache()
+    assert score.gate_failures(spark, cfg, recs, snap) == []
+    history_users = _history_users(spark, cfg, snap)
+    modelled = history_users.where(F.col("user_idx") < n_users).count()
+    assert modelled == history_users.count() - 3
+    all_users = snap.read(spark, cfg, tables.USER_FEATURES).count()
     assert recs.where(F.col("reason") == score.FALLBACK_REASON).select("user_key").distinct().count() == all_users - modelled
     recs.unpersist()
 
 
 def test_publish_gate_blocks_a_broken_model_and_keeps_the_last_good_output(spark, pipeline_run, tmp_path):
-    cfg, _ = pipeline_run
+    cfg, results = pipeline_run
+    _snap(spark, cfg, "2026-01-02")
     before = sorted(tuple(r) for r in tables.read(spark, cfg, tables.RECOMMENDATIONS).collect())
-    good = latest_model_dir(cfg)
+    good = _serving_model(cfg, results)
     broken = tmp_path / "broken-model"
     shutil.copytree(good, broken)
     model = FactorModel.load(good / FACTORS_FILE)
@@ -174,10 +204,20 @@ def test_publish_gate_blocks_a_broken_model_and_keeps_the_last_good_output(spark
 
 
 def test_publish_gate_passes_a_good_run_for_a_new_ds(spark, pipeline_run):
-    cfg, _ = pipeline_run
-    summary = score.run(spark, cfg, "2026-01-03")
+    """A later night scored by the last good serving model (no model trained for that night)."""
+    cfg, results = pipeline_run
+    _snap(spark, cfg, "2026-01-03")
+    summary = score.run(spark, cfg, "2026-01-03", model_dir=_serving_model(cfg, results))
     assert summary["rows"] == _recs(spark, cfg, "2026-01-03").count() > 0
     assert _recs(spark, cfg).count() > 0  # the earlier ds is untouched
+
+
+def test_a_night_without_its_own_serving_model_is_not_scored_with_another(spark, pipeline_run):
+    """score.run uses the night's serving model by default, not LATEST: none trained for it, a clear error."""
+    cfg, _ = pipeline_run
+    _snap(spark, cfg, "2026-01-03")
+    with pytest.raises(FileNotFoundError, match="no finished serving model"):
+        score.run(spark, cfg, "2026-01-03")
 
 
 def _with_coverage_floor(cfg, ratio):
@@ -185,10 +225,11 @@ def _with_coverage_floor(cfg, ratio):
 
 
 def test_publish_gate_blocks_a_drop_in_catalogue_coverage(spark, pipeline_run, tmp_path):
-    cfg, _ = pipeline_run
+    cfg, results = pipeline_run
     ds = "2026-01-05"
+    snap = _snap(spark, cfg, ds)
     before = sorted(tuple(r) for r in tables.read(spark, cfg, tables.RECOMMENDATIONS).collect())
-    good = latest_model_dir(cfg)
+    good = _serving_model(cfg, results)
     same_for_everyone = tmp_path / "same-for-everyone"
     shutil.copytree(good, same_for_everyone)
     model = FactorModel.load(good / FACTORS_FILE)
@@ -205,7 +246,7 @@ def test_publish_gate_blocks_a_drop_in_catalogue_coverage(spark, pipeline_run, t
     last_ds = previous.agg(F.max("ds")).first()[0]
     previous_coverage = previous.where(F.col("ds") == last_ds).select("item_key").distinct().count()
     assert staged.select("item_key").distinct().count() < previous_coverage
-    assert score.gate_failures(spark, _with_coverage_floor(cfg, 0.0), staged, ds) == []  # coverage was the only failure
+    assert score.gate_failures(spark, _with_coverage_floor(cfg, 0.0), staged, snap) == []  # coverage was the only failure
     after = sorted(tuple(r) for r in tables.read(spark, cfg, tables.RECOMMENDATIONS).collect())
     assert after == before
     assert _recs(spark, cfg, ds).count() == 0
@@ -213,13 +254,21 @@ def test_publish_gate_blocks_a_drop_in_catalogue_coverage(spark, pipeline_run, t
 
 def _seen_item_in_first_slot(spark, cfg, recs):
     """Replace one user's rank-1 item with an item that user has in the test split (their latest)."""
-    users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
-    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
-    pair = (tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where("split = 'test'")
+    snap = _snap(spark, cfg)
+    users = snap.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
+    items = snap.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
+    pair = (snap.read(spark, cfg, tables.SILVER_INTERACTIONS).where("split = 'test'")
             .join(users, "user_idx").join(items, "item_idx").join(recs.select("user_key").distinct(), "user_key")
             .orderBy("user_key", "item_key").select("user_key", "item_key").first())
     hit = (F.col("user_key") == pair["user_key"]) & (F.col("rank") == 1)
     return recs.withColumn("item_key", F.when(hit, F.lit(pair["item_key"])).otherwise(F.col("item_key")))
+
+
+def _item_outside_the_catalogue(spark, cfg, recs):
+    """One user's rank-1 item replaced by a key the night's catalogue does not hold."""
+    user = recs.select(F.min("user_key")).first()[0]
+    hit = (F.col("user_key") == user) & (F.col("rank") == 1)
+    return recs.withColumn("item_key", F.when(hit, F.lit("no-such-item")).otherwise(F.col("item_key")))
 
 
 def _one_user_short(spark, cfg, recs):
@@ -241,6 +290,7 @@ def _infinite_score(spark, cfg, recs):
 
 @pytest.mark.parametrize("defect, message", [
     (_seen_item_in_first_slot, "1 recommendations are items the user already has"),
+    (_item_outside_the_catalogue, f"1 recommendations are items outside the catalogue of {PIPELINE_DS}"),
     (_one_user_short, "1 users do not have exactly min"),
     (_one_user_missing, "1 users are missing"),
     (_null_item, "rows have nulls"),
@@ -248,7 +298,8 @@ def _infinite_score(spark, cfg, recs):
 ])
 def test_publish_gate_names_each_defect_of_otherwise_good_output(spark, pipeline_run, defect, message):
     cfg, _ = pipeline_run
+    snap = _snap(spark, cfg)
     good = _recs(spark, cfg)
-    assert score.gate_failures(spark, cfg, good, PIPELINE_DS) == []
-    failures = score.gate_failures(spark, cfg, defect(spark, cfg, good), PIPELINE_DS)
+    assert score.gate_failures(spark, cfg, good, snap) == []
+    failures = score.gate_failures(spark, cfg, defect(spark, cfg, good), snap)
     assert any(message in f for f in failures), failures

@@ -4,52 +4,83 @@ import math
 
 import pytest
 
-from lakerec.model_store import INPUTS_FILE, META_FILE, TrainInputs, checkpoint_paths, latest_model_dir
-from lakerec.train import DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY
+from conftest import PIPELINE_DS
+from lakerec.model_store import (
+    BACKTEST, DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, SERVING, TrainInputs,
+    checkpoint_paths, latest_model_dir, models_root,
+)
 
 
-def test_two_ranks_train_to_identical_weights(pipeline_run):
+def _model_dir(cfg, results, role):
+    """The night's ``role`` model folder, as the train job returned it."""
+    return models_root(cfg) / results["train"][role]["model_version"]
+
+
+def test_the_night_trains_a_backtest_and_a_serving_model_and_latest_names_the_serving_one(pipeline_run):
     cfg, results = pipeline_run
-    meta = json.loads((latest_model_dir(cfg) / META_FILE).read_text())
+    assert set(results["train"]) == {BACKTEST, SERVING}  # nightly.backtest_every=1: due every night
+    assert latest_model_dir(cfg) == _model_dir(cfg, results, SERVING)
+    for role in (BACKTEST, SERVING):
+        assert results["train"][role]["role"] == role
+        assert results["train"][role]["model_version"].startswith(f"mf-{role}-{PIPELINE_DS}-")
+    assert results["train"][SERVING]["warm_start"] is None  # the first night has no earlier serving model
+    assert not list(models_root(cfg).glob(".*.partial"))  # both were renamed into place when finished
+
+
+@pytest.mark.parametrize("role", [BACKTEST, SERVING])
+def test_two_ranks_train_to_identical_weights(pipeline_run, role):
+    cfg, results = pipeline_run
+    meta = json.loads((_model_dir(cfg, results, role) / META_FILE).read_text())
     assert meta["world_size"] == 2 == len(meta["rank_weights_sha256"])
     assert meta["rank_weights_sha256"][0] == meta["rank_weights_sha256"][1] == meta["weights_sha256"]
-    assert results["train"]["world_size"] == 2
+    assert results["train"][role]["world_size"] == 2
 
 
-def test_ranks_read_disjoint_shards_covering_the_table_each_epoch(pipeline_run):
+@pytest.mark.parametrize("role", [BACKTEST, SERVING])
+def test_ranks_read_disjoint_shards_covering_the_table_each_epoch(spark, pipeline_run, role):
+    from lakerec import snapshot
+
     cfg, results = pipeline_run
-    model_dir = latest_model_dir(cfg)
+    model_dir = _model_dir(cfg, results, role)
     inputs = TrainInputs.load(model_dir / INPUTS_FILE)
     history = json.loads((model_dir / META_FILE).read_text())["history"]
+    # backtest: the train split; serving: every split's positives, as of the night
+    examples = snapshot.Snapshot.load(spark, cfg, PIPELINE_DS).read(spark, cfg, snapshot.examples_table(role)).count()
+    if role == BACKTEST:
+        assert examples == results["features"].training_examples
     assert len(history) == cfg.train.epochs
     for epoch in history:
         assert all(n > 0 for n in epoch["rank_rows"])
-        assert sum(epoch["rank_rows"]) == inputs.total_rows == results["features"].training_examples
+        assert sum(epoch["rank_rows"]) == inputs.total_rows == examples
         # ranks step in lockstep until the longest shard is done: the step count bench/bench_gpu.py divides by
         assert epoch["steps"] == max(math.ceil(n / cfg.train.batch_size) for n in epoch["rank_rows"])
         assert epoch["seconds"] > 0
 
 
 def test_a_rerun_returns_the_finished_model_without_rewriting_it(spark, pipeline_run):
-    from conftest import PIPELINE_DS
     from lakerec import train
 
     cfg, results = pipeline_run
-    model_dir = latest_model_dir(cfg)
-    before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
-    assert train.run(spark, cfg, PIPELINE_DS) == json.loads((model_dir / META_FILE).read_text())
-    assert {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()} == before
-    assert results["train"]["ds"] == PIPELINE_DS
+    model_dirs = {role: _model_dir(cfg, results, role) for role in (BACKTEST, SERVING)}
+    before = {role: {p.name: p.stat().st_mtime_ns for p in d.iterdir()} for role, d in model_dirs.items()}
+    assert train.run(spark, cfg, PIPELINE_DS) == {
+        role: json.loads((d / META_FILE).read_text()) for role, d in model_dirs.items()}
+    assert {role: {p.name: p.stat().st_mtime_ns for p in d.iterdir()} for role, d in model_dirs.items()} == before
+    assert results["train"][SERVING]["ds"] == results["train"][BACKTEST]["ds"] == PIPELINE_DS
 
 
-def test_model_records_its_inputs(pipeline_run):
+@pytest.mark.parametrize("role", [BACKTEST, SERVING])
+def test_model_records_its_inputs(pipeline_run, role):
+    from lakerec.snapshot import examples_table
+
     cfg, results = pipeline_run
-    model_dir = latest_model_dir(cfg)
+    model_dir = _model_dir(cfg, results, role)
     meta = json.loads((model_dir / META_FILE).read_text())
     inputs = TrainInputs.load(model_dir / INPUTS_FILE)
-    assert meta["model_version"] == results["train"]["model_version"]
-    assert meta["table_version"] == inputs.table_version == meta["input_versions"]["features.training_examples"]
-    assert set(meta["input_versions"]) >= {"features.training_examples", "silver.id_map_users", "silver.id_map_items"}
+    examples = examples_table(role).qualified
+    assert meta["model_version"] == results["train"][role]["model_version"] == model_dir.name
+    assert meta["table_version"] == inputs.table_version == meta["input_versions"][examples]
+    assert set(meta["input_versions"]) >= {examples, "silver.id_map_users", "silver.id_map_items"}
     assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
     assert inputs.train["recency_decay"] == DEFAULT_RECENCY_DECAY  # resolved for the temporal split it trained on
     assert meta["train"]["recency_decay"] == DEFAULT_RECENCY_DECAY
@@ -80,15 +111,17 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
                       "features.val_fraction=0.2", "embed.enabled=false")
     ingest.run(spark, cfg, "2026-01-01")
     features.run(spark, cfg, "2026-01-01")
-    meta = train.run(spark, cfg, "2026-01-01")
+    metas = train.run(spark, cfg, "2026-01-01")
 
-    assert meta["model_version"].startswith("twotower-")
+    assert all(m["model_version"].startswith("twotower-") for m in metas.values())
+    meta = metas[BACKTEST]  # the validation split early-stops the backtest model (serving trains on it too)
     scored = [h["val_ndcg"] for h in meta["history"]]
     assert all(0.0 <= v <= 1.0 for v in scored)
     assert meta["best"]["ndcg"] == max(scored)
     assert len(scored) == cfg.train.epochs or len(scored) - 1 - meta["best"]["epoch"] == cfg.train.patience
 
-    model_dir = latest_model_dir(cfg)
+    model_dir = latest_model_dir(cfg)  # the serving model
+    assert model_dir.name == metas[SERVING]["model_version"]
     factors = FactorModel.load(model_dir / FACTORS_FILE)
     with np.load(model_dir / SIDE_FEATURES_FILE) as side:
         trained, item_side = side["trained_items"], side["item_side"]
@@ -238,10 +271,12 @@ def test_rating_head_adds_its_squared_error_and_learns_ratings_the_biases_alone_
 def test_another_training_config_gets_its_ownmodel_version():
     """Retraining a day with other settings must not write into the folder LATEST points to."""
     from lakerec.config import load_config
-    from lakerec.train import model_version
+    from lakerec.model_store import BACKTEST, SERVING, model_version
 
-    base = model_version(load_config("local"), "2026-01-01", 3)
-    assert base.startswith("mf-2026-01-01-t3-")
-    assert model_version(load_config("local", overrides=["train.dim=128"]), "2026-01-01", 3) != base
+    base = model_version(load_config("local"), "2026-01-01", SERVING, 3)
+    assert base.startswith("mf-serving-2026-01-01-t3-")
+    assert model_version(load_config("local"), "2026-01-01", BACKTEST, 3).startswith("mf-backtest-2026-01-01-t3-")
+    assert model_version(load_config("local", overrides=["train.dim=128"]), "2026-01-01", SERVING, 3) != base
     # keys a run may change and still resume from its checkpoints keep the folder
-    assert model_version(load_config("local", overrides=["train.epochs=30", "train.max_restarts=0"]), "2026-01-01", 3) == base
+    resumable = load_config("local", overrides=["train.epochs=30", "train.max_restarts=0"])
+    assert model_version(resumable, "2026-01-01", SERVING, 3) == base

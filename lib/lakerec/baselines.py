@@ -21,10 +21,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from lakerec import tables
 from lakerec.config import Config, EaseConfig
 from lakerec.features import TRAIN
 from lakerec.metrics_spark import rating_errors
@@ -157,10 +156,10 @@ def ease_model(x: np.ndarray, b: np.ndarray) -> FactorModel:
 
 # ---------------------------------------------------------------- fitting and tuning from the config
 
-def fit_als(spark: SparkSession, cfg: Config, n_users: int, n_items: int, validate: Optional[Validate]) -> FactorModel:
+def fit_als(cfg: Config, silver: DataFrame, n_users: int, n_items: int, validate: Optional[Validate]) -> FactorModel:
     """Implicit ALS on the train positives; the grid is searched when ``validate`` is given (a validation split)."""
     ac = cfg.evaluate.als
-    train = train_positives(tables.read(spark, cfg, tables.SILVER_INTERACTIONS)).cache()
+    train = train_positives(silver).cache()
 
     def fit(rank: int, reg_param: float, alpha: float) -> FactorModel:
         return fit_implicit_als(train, n_users, n_items, rank, reg_param, alpha, ac.max_iter, cfg.train.seed)
@@ -178,7 +177,7 @@ def fit_als(spark: SparkSession, cfg: Config, n_users: int, n_items: int, valida
 
 
 def fit_ease(
-    spark: SparkSession, cfg: Config, n_users: int, n_items: int, validate: Optional[Validate]
+    cfg: Config, silver: DataFrame, n_users: int, n_items: int, validate: Optional[Validate]
 ) -> Optional[FactorModel]:
     """EASE on the train positives, lambda tuned when ``validate`` is given; None when skipped."""
     ec = cfg.evaluate.ease
@@ -186,7 +185,7 @@ def fit_ease(
     if reason:
         log.warning("ease skipped: %s", reason)
         return None
-    x = interaction_matrix(train_positives(tables.read(spark, cfg, tables.SILVER_INTERACTIONS)), n_users, n_items)
+    x = interaction_matrix(train_positives(silver), n_users, n_items)
     gram = gram_matrix(x)
 
     def fit(l2: float) -> FactorModel:
@@ -211,13 +210,14 @@ def als_rating_errors(cfg: Config, train: DataFrame, test: DataFrame) -> Optiona
 
 
 def baseline_models(
-    spark: SparkSession, cfg: Config, n_users: int, n_items: int, validate: Optional[Validate]
+    cfg: Config, silver: DataFrame, n_users: int, n_items: int, validate: Optional[Validate]
 ) -> dict[str, FactorModel]:
-    """The configured ranking baselines (``evaluate.baselines``), fitted on the train split, by name."""
+    """The configured ranking baselines (``evaluate.baselines``), fitted on the train split of the
+    night's ``silver``, by name."""
     fitters = {
-        "popularity": lambda: popularity_model(spark, cfg, n_users, n_items),
-        "als": lambda: fit_als(spark, cfg, n_users, n_items, validate),
-        "ease": lambda: fit_ease(spark, cfg, n_users, n_items, validate),
+        "popularity": lambda: popularity_model(train_positives(silver), n_users, n_items),
+        "als": lambda: fit_als(cfg, silver, n_users, n_items, validate),
+        "ease": lambda: fit_ease(cfg, silver, n_users, n_items, validate),
     }
     models = {}
     for name in dict.fromkeys(cfg.evaluate.baselines):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Optional
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DS_FIELD = "{ds}"  # in source.path or a source file pattern: the night's run date
 CONF_DIR = REPO_ROOT / "conf"
 
 
@@ -84,7 +85,8 @@ class ItemMapping(_SourceFile):
 class SourceConfig:
     format: Literal["movielens_latest", "movielens_100k", "movielens_1m", "generic"] = setting(
         "movielens_latest", "`movielens_latest` (also 25M/32M), `movielens_100k`, `movielens_1m` (also 10M), `generic`")
-    path: str = setting("data/ml-latest-small", "input folder (default: the embedded ml-latest-small)")
+    path: str = setting("data/ml-latest-small", "input folder (default: the embedded ml-latest-small); "
+                        "`{ds}` in it: daily drops, each night reads its own")
     name: str = setting("ml-latest-small", "stored on every bronze row (part of the event key)")
     rating_min: float = setting(0.5, "ratings below are quarantined")
     rating_max: float = setting(5.0, "ratings above are quarantined")
@@ -206,6 +208,18 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class NightlyConfig:
+    """How one night relates to the others: which models it trains and from where it starts."""
+
+    backtest_every: int = setting(
+        1, "train and evaluate the backtest model on nights whose day number is a multiple of this (1: every "
+           "night, 7: weekly); 0: never")
+    warm_start: bool = setting(True, "start the serving model from the previous night's (new users and items get "
+                                     "fresh rows) and train `warm_epochs`; false: a cold retrain every night")
+    warm_epochs: int = setting(4, "epochs of a warm-started night")
+
+
+@dataclass(frozen=True)
 class Config:
     warehouse: str = setting("warehouse", "root of all Delta tables: `<warehouse>/<layer>/<table>` (path or URI)")
     models_dir: str = setting("models", "trained models, one folder per model version")
@@ -217,6 +231,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -325,10 +340,12 @@ _RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     (("features.test_k",), lambda v: v is None or v >= 1, "must be >= 1 or null"),
     (("features.training_files", "embed.batch_size", "train.num_processes", "train.epochs", "train.dim",
       "train.patience", "train.batch_size", "train.validation_users", "train.reader_workers", "score.top_n",
-      "score.block_size", "score.threads_per_worker", "evaluate.als.max_iter", "evaluate.als.rating_rank"),
+      "score.block_size", "score.threads_per_worker", "evaluate.als.max_iter", "evaluate.als.rating_rank",
+      "nightly.warm_epochs"),
      lambda v: v >= 1, "must be >= 1"),
     (("features.kcore", "train.weight_decay", "train.l2", "train.max_restarts", "train.softmax_negatives",
-      "train.rating_weight", "evaluate.als.rating_reg_param"), lambda v: v >= 0, "must be >= 0"),
+      "train.rating_weight", "evaluate.als.rating_reg_param", "nightly.backtest_every"), lambda v: v >= 0,
+     "must be >= 0"),
     (("train.lr",), lambda v: v > 0, "must be > 0"),
     (("train.recency_decay", "train.history_decay"), lambda v: v is None or v >= 0, "must be >= 0 or null"),
     (("score.min_coverage_ratio",), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
@@ -344,7 +361,7 @@ def _check_inputs(cfg: Config) -> None:
         raise ConfigError("config key 'source.interactions.file' is required when source.format is generic")
     if cfg.source.interactions and not (cfg.source.interactions.user and cfg.source.interactions.item):
         raise ConfigError("config key 'source.interactions.user' / 'source.interactions.item' must name columns")
-    if _local_path_missing(cfg.source.path):
+    if DS_FIELD not in cfg.source.path and _local_path_missing(cfg.source.path):  # a drop is checked by ingest
         raise ConfigError(f"config key 'source.path': input path does not exist: {resolve_path(cfg.source.path)}")
     if cfg.train.mlflow and importlib.util.find_spec("mlflow") is None:
         raise ConfigError("config key 'train.mlflow' is true but the mlflow package is not installed: "

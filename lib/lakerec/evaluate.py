@@ -1,4 +1,6 @@
-"""Evaluate: the published model beside in-product baselines on the same test split.
+"""Evaluate one night: the lists served the night before against what users did since (the
+operator's number, :mod:`lakerec.feedback`), and the backtest model beside in-product baselines on
+the same test split (is the recipe still good?).
 
 Full ranking: every item not seen in training competes, no sampled negatives. The baselines
 (:mod:`lakerec.baselines`: popularity, ALS, EASE, chosen by ``evaluate.baselines``) are fitted on
@@ -22,13 +24,14 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import baselines, tables
-from lakerec.config import Config, resolve_path
+from lakerec import baselines, feedback, tables
+from lakerec.config import Config
 from lakerec.features import TEST, TRAIN, VALIDATION
 from lakerec.metrics_spark import catalogue_coverage, intra_list_diversity, novelty, ranking_metrics, rating_errors
-from lakerec.model_store import FACTORS_FILE, RATING_HEAD_FILE
+from lakerec.model_store import BACKTEST, FACTORS_FILE, RATING_HEAD_FILE
 from lakerec.models import FactorModel, RatingPredictor
-from lakerec.score import score_users, seen_items
+from lakerec.score import catalogue, in_catalogue, score_users, seen_items
+from lakerec.snapshot import Snapshot, backtest_due, checked_ds
 from lakerec.tables import ITEM_IDX, PREDICTION, RANK, RATING, USER_IDX
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class EvalInputs:
     val_users: Optional[DataFrame]
     item_counts: DataFrame  # (item_idx, count) of train positives
     item_genres: Optional[DataFrame]  # (item_idx, genre_vector) when features.item_features has genres
+    silver: DataFrame  # the night's interactions, split
+    catalogue: np.ndarray  # item_idx of the night's catalogue: every model ranks these alone
 
     def release(self) -> None:
         """Drop the cached frames."""
@@ -89,20 +94,17 @@ def rated_test_pairs(silver: DataFrame) -> tuple[DataFrame, DataFrame]:
     return train, test
 
 
-def _item_genres(spark: SparkSession, cfg: Config) -> Optional[DataFrame]:
-    """(item_idx, genre_vector) when some item has genres; None (diversity skipped) otherwise."""
-    if not tables.exists(spark, cfg, tables.ITEM_FEATURES):
-        return None
-    items = tables.read(spark, cfg, tables.ITEM_FEATURES)
+def _item_genres(items: DataFrame) -> Optional[DataFrame]:
+    """(item_idx, genre_vector) of the night's ``items`` when some item has genres; None (diversity skipped) otherwise."""
     if items.where(F.size("genres") > 0).limit(1).count():
         return items.select(ITEM_IDX, "genre_vector")
     log.info("diversity skipped: no item has genres")
     return None
 
 
-def load_inputs(spark: SparkSession, cfg: Config) -> EvalInputs:
-    """Read the split, catalogue and item side data once for every model's evaluation."""
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
+def load_inputs(spark: SparkSession, cfg: Config, snap: Snapshot) -> EvalInputs:
+    """Read the night's split, catalogue and item side data once for every model's evaluation."""
+    silver = snap.read(spark, cfg, tables.SILVER_INTERACTIONS)
     seen = seen_items(silver)
     truth = positives(silver, TEST)
     cold = truth.select(USER_IDX).distinct().join(seen.select(USER_IDX), USER_IDX, "left_anti").count()
@@ -111,16 +113,18 @@ def load_inputs(spark: SparkSession, cfg: Config) -> EvalInputs:
     truth = warm_truth(truth, seen).cache()
     val = warm_truth(positives(silver, VALIDATION), seen)
     has_val = val.limit(1).count() > 0
-    item_genres = _item_genres(spark, cfg)
+    item_genres = _item_genres(snap.read(spark, cfg, tables.ITEM_FEATURES))
     return EvalInputs(
-        n_users=tables.read(spark, cfg, tables.ID_MAP_USERS).count(),
-        n_items=tables.read(spark, cfg, tables.ID_MAP_ITEMS).count(),
+        n_users=snap.read(spark, cfg, tables.ID_MAP_USERS).count(),
+        n_items=snap.read(spark, cfg, tables.ID_MAP_ITEMS).count(),
         test_truth=truth,
         test_users=_users_of(seen, truth).cache(),
         val_truth=val.cache() if has_val else None,
         val_users=_users_of(seen, val).cache() if has_val else None,
         item_counts=positives(silver, TRAIN).groupBy(ITEM_IDX).count().cache(),
         item_genres=item_genres,
+        silver=silver,
+        catalogue=catalogue(spark, cfg, snap),
     )
 
 
@@ -158,14 +162,14 @@ def list_metrics(recs: DataFrame, inputs: EvalInputs, ks: list[int]) -> list[tup
     return out
 
 
-def model_rating_errors(spark: SparkSession, cfg: Config, model_dir: Path) -> Optional[dict[str, float]]:
+def model_rating_errors(spark: SparkSession, silver: DataFrame, cfg: Config, model_dir: Path) -> Optional[dict[str, float]]:
     """RMSE/MAE of the model's rating head on the test ratings ALS is scored on; None when it has no head."""
     head_path = model_dir / RATING_HEAD_FILE
     if not head_path.is_file():
         return None
     factors, head = FactorModel.load(model_dir / FACTORS_FILE), RatingPredictor.load(head_path)
     n_users, n_items = factors.user_factors.shape[0], factors.item_factors.shape[0]
-    _, test = rated_test_pairs(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
+    _, test = rated_test_pairs(silver)
     test = test.where((F.col(USER_IDX) < n_users) & (F.col(ITEM_IDX) < n_items))
     broadcast = spark.sparkContext.broadcast((factors, head))
     low, high = cfg.source.rating_min, cfg.source.rating_max
@@ -184,44 +188,45 @@ def model_rating_errors(spark: SparkSession, cfg: Config, model_dir: Path) -> Op
 
 # ---------------------------------------------------------------- the job
 
-def _published_model_version(spark: SparkSession, cfg: Config, ds: str) -> str:
-    """The model that served ``ds``: the one evaluated."""
-    first = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == ds).select("model_version").first()
-    if first is None:
-        raise RuntimeError(f"no recommendations for ds={ds} in {tables.RECOMMENDATIONS.path(cfg)}: run the score job first")
-    return first["model_version"]
-
-
-def run(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
-    """Compute metrics for ``ds``, replace that ds in serving.metrics, and return the rows."""
+def backtest_rows(spark: SparkSession, cfg: Config, snap: Snapshot) -> list[tuple[str, str, str, int, float]]:
+    """(model_version, model, metric, k, value) of the night's backtest model beside the baselines."""
     ks = sorted(set(cfg.evaluate.k))
-    inputs = load_inputs(spark, cfg)
-    model_version = _published_model_version(spark, cfg, ds)
-    # Ranked here like the baselines, minus training items only: the served lists also leave out
-    # what the user did later (the test split), so they cannot be scored against it.
-    published = FactorModel.load(Path(resolve_path(cfg.models_dir)) / model_version / FACTORS_FILE)
-    known = inputs.test_users.where(F.col(USER_IDX) < published.user_factors.shape[0])  # users newer than it: no list
-    recs_by_model = {"model": ranked_lists(known, published, model_version, max(ks), cfg)}
-    fitted = baselines.baseline_models(spark, cfg, inputs.n_users, inputs.n_items, validation_ndcg(inputs, cfg))
+    inputs = load_inputs(spark, cfg, snap)
+    model_dir = snap.model_dir(cfg, BACKTEST)
+    backtest = FactorModel.load(model_dir / FACTORS_FILE)
+    known = inputs.test_users.where(F.col(USER_IDX) < backtest.user_factors.shape[0])  # users newer than it: no list
+    recs_by_model = {"model": ranked_lists(known, in_catalogue(backtest, inputs.catalogue), model_dir.name, max(ks), cfg)}
+    fitted = baselines.baseline_models(cfg, inputs.silver, inputs.n_users, inputs.n_items, validation_ndcg(inputs, cfg))
     for name, model in fitted.items():
-        recs_by_model[name] = ranked_lists(inputs.test_users, model, name, max(ks), cfg)
+        recs_by_model[name] = ranked_lists(inputs.test_users, in_catalogue(model, inputs.catalogue), name, max(ks), cfg)
 
     values: list[tuple[str, str, int, float]] = []
     for name, recs in recs_by_model.items():
         recs = recs.cache()
         values += [(name, m, k, v) for m, k, v in list_metrics(recs, inputs, ks)]
         recs.unpersist()
-    errors = model_rating_errors(spark, cfg, Path(resolve_path(cfg.models_dir)) / model_version)
+    errors = model_rating_errors(spark, inputs.silver, cfg, model_dir)
     values += [("model", m, 0, v) for m, v in (errors or {}).items()]
     if "als" in cfg.evaluate.baselines:
-        train, test = rated_test_pairs(tables.read(spark, cfg, tables.SILVER_INTERACTIONS))
+        train, test = rated_test_pairs(inputs.silver)
         errors = baselines.als_rating_errors(cfg, train, test)
         values += [("als", m, 0, v) for m, v in (errors or {}).items()]
-
-    rows = [{"ds": ds, "model_version": model_version, "model": name, "metric": m, "k": k, "value": float(v)}
-            for name, m, k, v in values]
-    df = spark.createDataFrame(rows, tables.METRICS.schema)
-    tables.replace_where(df, cfg, tables.METRICS, f"ds = '{ds}'")
     inputs.release()
-    log.info("evaluate %s: %d metric rows for %s and %s", ds, len(rows), model_version, ", ".join(recs_by_model))
+    log.info("evaluate %s: backtest %s beside %s", snap.ds, model_dir.name, ", ".join(fitted))
+    return [(model_dir.name, name, m, k, float(v)) for name, m, k, v in values]
+
+
+def run(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
+    """Metrics for ``ds``: the lists served the night before against what arrived since (every night
+    after the first), and the backtest model beside the baselines (when due); replaces that ds in
+    serving.metrics and returns the rows."""
+    snap = Snapshot.load(spark, cfg, ds)
+    values = feedback.served_rows(spark, cfg, snap)
+    if backtest_due(cfg, ds):
+        values += backtest_rows(spark, cfg, snap)
+    rows = [{"ds": ds, "model_version": version, "model": name, "metric": m, "k": k, "value": v}
+            for version, name, m, k, v in values]
+    df = spark.createDataFrame(rows, tables.METRICS.schema)
+    tables.replace_where(df, cfg, tables.METRICS, f"ds = '{checked_ds(ds)}'")
+    log.info("evaluate %s: %d metric rows", ds, len(rows))
     return rows

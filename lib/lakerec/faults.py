@@ -3,7 +3,9 @@
 ``LAKEREC_FAULT`` holds comma-separated ``<point>:<index>`` entries, optionally ``@<rank>``:
 ``train.epoch_end:1@0`` makes DDP rank 0 die by SIGKILL right after epoch 1 ended, its
 checkpoint written and every rank past it. Unset (always, in production) it costs one lookup.
-SIGKILL, not an exception: nothing gets to clean up, as in a real crash.
+SIGKILL, not an exception: nothing gets to clean up, as in a real crash. A driver-side job tested
+in the test process itself takes ``=raise`` (``features.commit:3=raise``): :class:`InjectedFault`
+stops the job at that point, which leaves the tables exactly as a kill there would.
 """
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "LAKEREC_FAULT"
 
 
+class InjectedFault(RuntimeError):
+    """Raised at an injected ``=raise`` fault point."""
+
+
 def _matches(entry: str, point: str, index: int, rank: int) -> bool:
-    spec, _, only_rank = entry.strip().partition("@")
+    spec, _, only_rank = entry.strip().partition("=")[0].partition("@")
     name, _, at = spec.rpartition(":")
     return name == point and at == str(index) and (not only_rank or only_rank == str(rank))
 
@@ -28,6 +34,10 @@ def inject(point: str, index: int) -> None:
     if not spec:
         return
     rank = int(os.environ.get("RANK", 0))
-    if any(_matches(entry, point, index, rank) for entry in spec.split(",")):
+    for entry in spec.split(","):
+        if not _matches(entry, point, index, rank):
+            continue
+        if entry.strip().endswith("=raise"):
+            raise InjectedFault(f"{FAULT_ENV}={spec}: stopped at {point} {index}")
         log.warning("%s=%s: killing rank %d at %s %d", FAULT_ENV, spec, rank, point, index)
         os.kill(os.getpid(), signal.SIGKILL)

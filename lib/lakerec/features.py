@@ -1,15 +1,17 @@
 """Features: stable id maps, silver interactions with honest splits, item/user features, training examples."""
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakerec import quality, tables
+from lakerec import faults, quality, snapshot, tables
 from lakerec.config import Config, FeaturesConfig
 
 log = logging.getLogger(__name__)
@@ -164,14 +166,15 @@ def build_silver(bronze: DataFrame, users: DataFrame, items: DataFrame, fc: Feat
     return split_interactions(deduped, fc, has_timestamps)
 
 
-def training_examples(silver: DataFrame) -> DataFrame:
-    """Positive train interactions with their rating and recency, the rows the trainer streams through Petastorm.
+def training_examples(silver: DataFrame, splits: tuple[str, ...] = (TRAIN,)) -> DataFrame:
+    """Positive interactions of ``splits`` with their rating and recency, the rows the trainer streams through
+    Petastorm: the train split for the backtest model, every split (all history) for the serving model.
 
-    ``recency`` places each example in its user's train history: 0 the oldest, 1 the newest
+    ``recency`` places each example in its user's history: 0 the oldest, 1 the newest
     (ties on ``ts`` break on ``item_idx``, as in the split). Users without timestamps get 1 everywhere,
     so recency weighting (``train.recency_decay``) leaves them unweighted.
     """
-    positives = silver.where((F.col("split") == TRAIN) & (F.col("label") > 0))
+    positives = silver.where(F.col("split").isin(*splits) & (F.col("label") > 0))
     user = Window.partitionBy("user_idx")
     position = F.row_number().over(user.orderBy(F.col("ts").asc_nulls_first(), "item_idx")) - 1
     n = F.count(F.lit(1)).over(user)
@@ -207,8 +210,8 @@ def item_features(items_map: DataFrame, bronze_items: DataFrame | None, train: D
 
 
 def user_features(users_map: DataFrame, train: DataFrame, items: DataFrame, vocab: list[str], ds: str) -> DataFrame:
-    """Per user: activity, mean rating, recency relative to ``ds``, genre affinity (share of train
-    interactions per genre)."""
+    """Per user: activity, mean rating, days from their last event to the end of ``ds`` (never negative:
+    the night sees no later event), genre affinity (share of train interactions per genre)."""
     stats = train.groupBy("user_idx").agg(
         F.count("*").alias("n_interactions"),
         F.sum("label").cast("long").alias("n_positives"),
@@ -224,7 +227,7 @@ def user_features(users_map: DataFrame, train: DataFrame, items: DataFrame, voca
         .groupBy("user_idx")
         .agg(F.map_from_entries(F.collect_list(F.struct("genre", F.col("count") / F.col("n_interactions")))).alias("shares"))
     )
-    run_ts = F.unix_timestamp(F.to_timestamp(F.lit(ds)))
+    run_ts = F.lit(snapshot.end_of_day(ds))
     df = users_map.select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
     df = df.join(stats, "user_idx", "left").join(shares, "user_idx", "left").fillna(0, ["n_interactions", "n_positives"])
     return df.select(
@@ -236,50 +239,91 @@ def user_features(users_map: DataFrame, train: DataFrame, items: DataFrame, voca
 
 # ---------------------------------------------------------------- the job
 
-def run(spark: SparkSession, cfg: Config, ds: str) -> FeaturesResult:
-    fc = cfg.features
-    bronze = tables.read(spark, cfg, tables.BRONZE_INTERACTIONS)
-    has_items = tables.exists(spark, cfg, tables.BRONZE_ITEMS)
-    bronze_items = tables.read(spark, cfg, tables.BRONZE_ITEMS) if has_items else None
+def _night_inputs(spark: SparkSession, cfg: Config, ds: str) -> tuple[DataFrame, DataFrame | None]:
+    """Bronze interactions and items as they stood at the end of ``ds``: what this night may see."""
+    bronze = snapshot.arrived_by(tables.read(spark, cfg, tables.BRONZE_INTERACTIONS), ds)
+    if not tables.exists(spark, cfg, tables.BRONZE_ITEMS):
+        return bronze, None
+    return bronze, tables.read(spark, cfg, tables.BRONZE_ITEMS).where(F.col("ingest_ds") <= ds)
 
-    new_users = update_id_map(spark, cfg, tables.ID_MAP_USERS, bronze.select(F.col("user_key").alias("key")), ds)
+
+def _update_id_maps(spark: SparkSession, cfg: Config, bronze: DataFrame, bronze_items: DataFrame | None,
+                    ds: str, committed: Callable[[], None]) -> tuple[int, int, DataFrame, DataFrame]:
+    """Extend the id maps with this night's keys; returns (new users, new items, users, catalogue).
+
+    The maps are append-only and shared by every night; ``users`` and the catalogue are the rows of
+    the keys this night has seen (a backfill leaves out keys that first arrived later).
+    """
+    user_keys = bronze.select(F.col("user_key").alias("key"))
     item_keys = bronze.select(F.col("item_key").alias("key"))
     if bronze_items is not None:
         item_keys = item_keys.union(bronze_items.select(F.col("item_key").alias("key")))
+    new_users = update_id_map(spark, cfg, tables.ID_MAP_USERS, user_keys, ds)
+    committed()
     new_items = update_id_map(spark, cfg, tables.ID_MAP_ITEMS, item_keys, ds)
-    genres = bronze_items.select(F.explode("genres").alias("key")) if bronze_items is not None else spark.createDataFrame([], "key string")
+    committed()
+    genres = (bronze_items.select(F.explode("genres").alias("key")) if bronze_items is not None
+              else spark.createDataFrame([], "key string"))
     update_id_map(spark, cfg, tables.GENRE_VOCABULARY, genres, ds)
+    committed()
+    users = tables.read(spark, cfg, tables.ID_MAP_USERS).join(user_keys.distinct(), "key", "left_semi")
+    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).join(item_keys.distinct(), "key", "left_semi")
+    return new_users, new_items, users, items
 
-    users = tables.read(spark, cfg, tables.ID_MAP_USERS)
-    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS)
+
+def _write_examples(cfg: Config, silver: DataFrame, committed: Callable[[], None]) -> int:
+    """Backtest (train split) and serving (every split) examples; returns the backtest count.
+
+    Hash-partitioned by user and sorted inside each file: the file set is deterministic for a given
+    silver table, which the trainer's reproducibility relies on.
+    """
+    fc = cfg.features
+    for table, splits in ((tables.TRAINING_EXAMPLES, (TRAIN,)), (tables.SERVING_EXAMPLES, SPLITS)):
+        examples = training_examples(silver, splits).repartition(fc.training_files, "user_idx")
+        tables.overwrite(examples.sortWithinPartitions("user_idx", "item_idx"), cfg, table)
+        committed()
+    return tables.read(silver.sparkSession, cfg, tables.TRAINING_EXAMPLES).count()
+
+
+def run(spark: SparkSession, cfg: Config, ds: str) -> FeaturesResult:
+    """Build ``ds``'s snapshot from what had arrived by its end, then commit its manifest last.
+
+    A crash between commits leaves the previous manifest in force; a rerun converges to a clean run.
+    """
+    fc = cfg.features
+    commits = itertools.count(1)
+
+    def committed() -> None:
+        faults.inject("features.commit", next(commits))
+
+    bronze, bronze_items = _night_inputs(spark, cfg, ds)
+    new_users, new_items, users, items = _update_id_maps(spark, cfg, bronze, bronze_items, ds, committed)
     has_ts = bronze.where(F.col("ts").isNotNull()).limit(1).count() > 0
     tables.overwrite(build_silver(bronze, users, items, fc, has_ts), cfg, tables.SILVER_INTERACTIONS)
+    committed()
     silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
     train = silver.where(F.col("split") == TRAIN)
 
     vocab = [r["key"] for r in tables.read(spark, cfg, tables.GENRE_VOCABULARY).orderBy("idx").collect()]
     tables.overwrite(item_features(items, bronze_items, train, vocab), cfg, tables.ITEM_FEATURES)
+    committed()
     item_feats = tables.read(spark, cfg, tables.ITEM_FEATURES)
     tables.overwrite(user_features(users, train, item_feats, vocab, ds), cfg, tables.USER_FEATURES)
-
-    # Hash-partition by user and sort inside each file: the file set is deterministic for a given
-    # silver table, which the trainer's reproducibility relies on.
-    examples = training_examples(silver).repartition(fc.training_files, "user_idx").sortWithinPartitions("user_idx", "item_idx")
-    tables.overwrite(examples, cfg, tables.TRAINING_EXAMPLES)
+    committed()
+    n_examples = _write_examples(cfg, silver, committed)
+    snapshot.write_manifest(spark, cfg, ds)
 
     split_sizes = {r["split"]: r["count"] for r in silver.groupBy("split").count().collect()}
-    n_users, n_items = users.count(), items.count()
-    n_examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES).count()
-    result = FeaturesResult(n_users, n_items, new_users, new_items, split_sizes, n_examples)
+    result = FeaturesResult(users.count(), items.count(), new_users, new_items, split_sizes, n_examples)
     n_silver = sum(split_sizes.values())
     quality.record(spark, cfg, ds, "features", {
         "bronze_interactions_in": bronze.count(),
         "silver_interactions_out": n_silver,
-        "users": n_users,
-        "items": n_items,
+        "users": result.users,
+        "items": result.items,
         "new_users": new_users,
         "new_items": new_items,
-        "density": n_silver / max(n_users * n_items, 1),
+        "density": n_silver / max(result.users * result.items, 1),
         "training_examples": n_examples,
         "genres": len(vocab),
         **{f"split_{name}": count for name, count in split_sizes.items()},
@@ -288,14 +332,15 @@ def run(spark: SparkSession, cfg: Config, ds: str) -> FeaturesResult:
     return result
 
 
-def side_features(spark: SparkSession, cfg: Config, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def side_features(spark: SparkSession, cfg: Config, n_users: int, n_items: int,
+                  snap: snapshot.Snapshot) -> tuple[np.ndarray, np.ndarray]:
     """Dense side-feature matrices for the hybrid model, rows by user_idx / item_idx.
 
     Users: genre affinity and log activity. Items: genre multi-hot, scaled year, log popularity
     and the text embedding (zeros where an item has none). Catalogue- and user-sized, never
     interaction-sized.
     """
-    users = tables.read(spark, cfg, tables.USER_FEATURES).where(F.col("user_idx") < n_users)
+    users = snap.read(spark, cfg, tables.USER_FEATURES).where(F.col("user_idx") < n_users)
     user_pdf = users.select("user_idx", "genre_affinity", F.log1p("n_interactions").alias("activity")).toPandas()
     n_genres = len(user_pdf["genre_affinity"].iloc[0]) if len(user_pdf) else 0
     user_side = np.zeros((n_users, n_genres + 1), np.float32)
@@ -304,7 +349,7 @@ def side_features(spark: SparkSession, cfg: Config, n_users: int, n_items: int) 
         user_side[idx, :n_genres] = np.stack(user_pdf["genre_affinity"].to_numpy())
         user_side[idx, n_genres] = user_pdf["activity"].to_numpy() / 10.0
 
-    items = tables.read(spark, cfg, tables.ITEM_FEATURES).where(F.col("item_idx") < n_items)
+    items = snap.read(spark, cfg, tables.ITEM_FEATURES).where(F.col("item_idx") < n_items)
     year = F.coalesce((F.col("year") - 1990) / 30.0, F.lit(0.0))
     if tables.exists(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS):
         items = items.join(tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).select("item_key", "embedding"), "item_key", "left")

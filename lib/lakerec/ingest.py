@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakerec import quality, tables
-from lakerec.config import Config, InteractionMapping, ItemMapping, SourceConfig, resolve_path
+from lakerec.config import DS_FIELD, Config, InteractionMapping, ItemMapping, SourceConfig, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,14 @@ def _optional(name: Optional[str]) -> Column:
     return F.col(f"`{name}`").cast("string") if name else F.lit(None).cast("string")
 
 
-def read_raw_interactions(spark: SparkSession, src: SourceConfig) -> DataFrame:
-    """The configured source's interactions as raw strings: raw, raw_file, fields_ok, *RAW_FIELDS."""
-    root = Path(resolve_path(src.path))
+def drop_root(src: SourceConfig, ds: str) -> Path:
+    """The folder to read for ``ds``: ``source.path`` with ``{ds}`` replaced (a daily drop), or as is."""
+    return Path(resolve_path(src.path.replace(DS_FIELD, ds)))
+
+
+def read_raw_interactions(spark: SparkSession, src: SourceConfig, ds: str) -> DataFrame:
+    """The source's interactions for ``ds`` as raw strings: raw, raw_file, fields_ok, *RAW_FIELDS."""
+    root = drop_root(src, ds)
     if src.format == "movielens_latest":
         return split_lines(_text_lines(spark, str(root / "ratings.csv"), "userId,movieId,rating,timestamp"), ",", 4)
     if src.format == "movielens_100k":
@@ -100,7 +105,7 @@ def read_raw_interactions(spark: SparkSession, src: SourceConfig) -> DataFrame:
     if src.format == "movielens_1m":
         return split_lines(_text_lines(spark, str(root / "ratings.dat")), "::", 4)
     m = src.interactions
-    df = _read_table(spark, str(root / m.file), m)
+    df = _read_table(spark, str(root / m.file.replace(DS_FIELD, ds)), m)
     missing = [c for c in (m.user, m.item, m.rating, m.weight, m.timestamp) if c and c not in df.columns]
     if missing:
         raise ValueError(f"source.interactions: columns {missing} not in {root / m.file} (found {df.columns})")
@@ -178,9 +183,9 @@ def _items_frame(df: DataFrame, item: Column, title: Column, genres: Column, tag
     )
 
 
-def read_items(spark: SparkSession, src: SourceConfig) -> Optional[DataFrame]:
-    """Item metadata as bronze item columns plus raw/raw_file/reason; None when the source has none."""
-    root = Path(resolve_path(src.path))
+def read_items(spark: SparkSession, src: SourceConfig, ds: str) -> Optional[DataFrame]:
+    """Item metadata for ``ds`` as bronze item columns plus raw/raw_file/reason; None when the source has none."""
+    root = drop_root(src, ds)
     no_tags = F.lit(None).cast("array<string>")
     no_text = F.lit(None).cast("string")
     if src.format == "movielens_latest":
@@ -208,7 +213,7 @@ def read_items(spark: SparkSession, src: SourceConfig) -> Optional[DataFrame]:
     m = src.items
     if m is None or not m.file:
         return None
-    df = _read_table(spark, str(root / m.file), m)
+    df = _read_table(spark, str(root / m.file.replace(DS_FIELD, ds)), m)
     genres = _genres_from(F.col(f"`{m.genres}`"), m.genre_separator) if m.genres else F.array().cast("array<string>")
     tags = F.transform(F.split(F.col(f"`{m.tags}`"), _regex_literal(m.tag_separator)), F.trim) if m.tags else no_tags
     return _items_frame(df, _optional(m.item), _optional(m.title), genres, tags, _optional(m.description))
@@ -230,19 +235,22 @@ def _reject_rows(df: DataFrame, ds: str, source: str) -> DataFrame:
 
 
 def run(spark: SparkSession, cfg: Config, ds: str) -> IngestResult:
-    """Ingest the configured source for run date ``ds``."""
+    """Ingest the configured source for run date ``ds`` (that night's drop when ``source.path`` has ``{ds}``)."""
     src = cfg.source
+    if not drop_root(src, ds).exists():
+        raise FileNotFoundError(f"config key 'source.path': no drop for ds={ds} at {drop_root(src, ds)}; "
+                                "nothing was written")
     generic = src.interactions if src.format == "generic" else None
     has_rating = generic is None or generic.rating is not None
     has_ts = generic is None or generic.timestamp is not None
     parsed = validate_interactions(
-        read_raw_interactions(spark, src), src.rating_min, src.rating_max, has_rating, has_ts,
+        read_raw_interactions(spark, src, ds), src.rating_min, src.rating_max, has_rating, has_ts,
         generic.timestamp_format if generic else None,
     )
     parsed = flag_batch_duplicates(parsed, EVENT_KEY).cache()
     rejects = _reject_rows(parsed, ds, src.name)
 
-    items = read_items(spark, src)
+    items = read_items(spark, src, ds)
     if items is not None:
         items = flag_batch_duplicates(items, ("item_key",)).cache()
         rejects = rejects.unionByName(_reject_rows(items, ds, src.name))

@@ -1,11 +1,13 @@
 """What a model folder holds, and the ``LATEST`` pointer: the contract between train, score and evaluate.
 
-``models/<model_version>/`` holds ``inputs.json`` (what the driver pinned for the workers),
+A model is trained in ``models/.<model_version>.partial/`` and renamed to ``models/<model_version>/``
+once finished, so a model folder appears whole. It holds ``inputs.json`` (what the driver pinned for the workers),
 ``checkpoints/epoch-NNNN.pt`` (rank 0, every epoch), ``best.pt`` (best validation epoch),
 ``factors.npz`` (what the scorer reads), ``rating_head.npz``, ``model.pt`` (the torch model,
-self-contained: :func:`load_model` rebuilds it) and ``meta.json`` (written last: a model without
-it is unfinished; a model that has it is never rewritten). ``models/LATEST`` names the finished
-model of the latest run date, and moves forward only.
+self-contained: :func:`load_model` rebuilds it) and ``meta.json`` (written last: a model that has
+it is never rewritten). Each night trains a serving model (all history as of ``ds``: what users
+get) and, when due, a backtest model (the train split: what the evaluation scores). ``models/LATEST``
+names the serving model of the latest run date, and moves forward only.
 
 Needs torch but neither ``torch.distributed`` nor Petastorm, so the scorer and the evaluation can
 read models without pulling in the trainer.
@@ -16,13 +18,13 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from lakerec.config import Config, resolve_path
+from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.models import MatrixFactorization, RatingHead, TwoTower
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ VALIDATION_FILE = "validation.npz"
 BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "LATEST"
+PARTIAL_SUFFIX = ".partial"
+SERVING, BACKTEST = "serving", "backtest"  # the two roles of a night's models
 CHECKPOINTS_KEPT = 2
 # Config keys that may change between a run and its resumption without invalidating checkpoints.
 RESUMABLE_KEYS = frozenset({"epochs", "resume", "launcher", "num_processes", "max_restarts",
@@ -60,6 +64,8 @@ class TrainInputs:
     validation: Optional[str] = None  # npz for early stopping; None without a validation split
     rating_mean: Optional[float] = None  # mean training rating: set when the rating head trains
     ds: str = ""  # the run date the model is trained for: LATEST moves forward only by it
+    role: str = SERVING  # serving (all history; moves LATEST) or backtest (the train split)
+    warm_start: Optional[str] = None  # model.pt of the previous night's serving model to start from
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -71,7 +77,7 @@ class TrainInputs:
     def fingerprint(self, world_size: int) -> str:
         """What a checkpoint must match to be resumed: data, sizes, training config and world size."""
         pinned = [self.files, self.table_version, self.total_rows, self.n_users, self.n_items,
-                  pinned_train(self.train), world_size]
+                  pinned_train(self.train), world_size, self.warm_start]
         return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
 
 
@@ -80,8 +86,96 @@ def pinned_train(train: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train.items() if k not in RESUMABLE_KEYS}
 
 
+DEFAULT_RECENCY_DECAY = 2.0  # train.recency_decay for splits that hold out the future (BENCHMARKS.md "Quality")
+DEFAULT_HISTORY_DECAY = 5.0  # train.history_decay for the same splits (BENCHMARKS.md "Quality")
+
+
+def resolved_train(cfg: Config) -> TrainConfig:
+    """``cfg.train`` with the null decays resolved by the split: on when it holds out the future.
+
+    Under ``random_user`` held-out items are no later than the train ones, so weighting recent
+    examples only discards data (measured in BENCHMARKS.md "Quality"). What the workers receive
+    and ``meta.json`` records.
+    """
+    time_based = cfg.features.split != "random_user"
+    tc = cfg.train
+    return replace(
+        tc,
+        recency_decay=tc.recency_decay if tc.recency_decay is not None else (DEFAULT_RECENCY_DECAY if time_based else 0.0),
+        history_decay=tc.history_decay if tc.history_decay is not None else (DEFAULT_HISTORY_DECAY if time_based else 0.0),
+    )
+
+
+def model_version(cfg: Config, ds: str, role: str, table_version: int) -> str:
+    """``<model>-<role>-<ds>-t<examples version>-<config digest>``: another training config for the
+    same day gets its own folder, so training it never touches the model ``LATEST`` points to. The
+    keys a run may change and still resume (epochs, launcher, ...) are left out, as for checkpoints;
+    a serving model's digest also covers how it starts (``nightly.warm_start``)."""
+    recipe: dict[str, Any] = {"train": pinned_train(asdict(resolved_train(cfg)))}
+    if role == SERVING:
+        recipe["warm_start"] = cfg.nightly.warm_start
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.train.model.replace('_', '')}-{role}-{ds}-t{table_version}-{digest}"
+
+
+def finished_model_dir(cfg: Config, ds: str, role: str, table_version: int) -> Path:
+    """The finished ``role`` model of ``ds`` trained on examples version ``table_version``, or a clear error."""
+    version = model_version(cfg, ds, role, table_version)
+    model_dir = models_root(cfg) / version
+    if not (model_dir / META_FILE).is_file():
+        raise FileNotFoundError(f"no finished {role} model {version} for ds={ds}: run the train job for {ds} first")
+    return model_dir
+
+
 def models_root(cfg: Config) -> Path:
     return Path(resolve_path(cfg.models_dir))
+
+
+def partial_dir(root: Path, version: str) -> Path:
+    """Where ``version`` trains until it is finished and renamed to ``root / version``."""
+    return root / f".{version}{PARTIAL_SUFFIX}"
+
+
+def finish(partial: Path, version: str) -> Path:
+    """Rename a trained model folder into place (atomic): readers see it whole or not at all."""
+    final = partial.parent / version
+    os.replace(partial, final)
+    return final
+
+
+def finished_models(root: Path) -> list[dict[str, Any]]:
+    """``meta.json`` of every finished model under ``root``, with its folder as ``path``."""
+    found = []
+    for meta in root.glob(f"*/{META_FILE}"):
+        if not meta.parent.name.startswith("."):
+            found.append({**json.loads(meta.read_text()), "path": str(meta.parent)})
+    return found
+
+
+def previous_serving_model(root: Path, ds: str, train: dict[str, Any]) -> Optional[Path]:
+    """The newest finished serving model of a night before ``ds`` trained with the same recipe, or None."""
+    recipe = pinned_train(train)
+    candidates = [m for m in finished_models(root) if m.get("role", SERVING) == SERVING and
+                  m.get("ds", "") < ds and pinned_train(m["train"]) == recipe]
+    if not candidates:
+        return None
+    return Path(max(candidates, key=lambda m: (m["ds"], m["path"]))["path"])
+
+
+def warm_start(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy the previous night's weights into ``module``: equal shapes whole, grown embeddings by their
+    first rows (ids are stable, so row i is the same user or item); new rows keep their fresh init.
+    Parameters only: buffers (side features, history) are tonight's. Returns how many were copied."""
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in module.named_parameters():
+            old = state.get(name)
+            if old is None or old.shape[1:] != tensor.shape[1:] or old.dim() == 0:
+                continue
+            rows = min(len(old), len(tensor))
+            tensor[:rows].copy_(old[:rows])
+            copied += 1
+    return copied
 
 
 def checkpoint_paths(model_dir: str | Path) -> list[Path]:
@@ -170,7 +264,10 @@ def latest_model_dir(cfg: Config) -> Path:
     pointer = root / LATEST_FILE
     if not pointer.is_file():
         raise FileNotFoundError(f"no trained model under {root}: run the train job first")
-    return root / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not name or name != Path(name).name or name.startswith("."):
+        raise ValueError(f"{pointer} holds {name!r}, not the name of a model folder under {root}")
+    return root / name
 
 
 def trained_ds(model_dir: Path) -> str:

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from lakerec import embed, evaluate, features, ingest, quality, report, score, tables, train
 from lakerec.cli import load, parse_args, setup_logging
 from lakerec.config import Config
-from lakerec.model_store import latest_model_dir
+from lakerec.model_store import latest_model_dir, models_root
 from lakerec.spark import build_spark
 
 log = logging.getLogger("lakerec.pipeline")
@@ -28,7 +28,8 @@ def run_all(spark, cfg: Config, ds: str) -> dict:
         started = time.time()
         results[name] = stage(spark, cfg, ds)
         log.info("stage %s finished in %.1fs", name, time.time() - started)
-    results["report"] = report.write(spark, cfg, ds, results["evaluate"], latest_model_dir(cfg))
+    models = {role: models_root(cfg) / meta["model_version"] for role, meta in results["train"].items()}
+    results["report"] = report.write(spark, cfg, ds, results["evaluate"], models)
     return results
 
 
@@ -42,14 +43,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ing = results["ingest"]
     print(f"\nlakerec nightly run ds={args.ds} finished in {time.time() - started:.0f}s")
     print(f"ingest: {ing.rows_read} rows read, {ing.interactions_inserted} new, {ing.rejects} quarantined {ing.rejects_by_reason}")
-    print(f"model: {results['train']['model_version']} (final loss {results['train']['final_loss']:.4f})")
+    for role, meta in results["train"].items():
+        print(f"{role} model: {meta['model_version']} (final loss {meta['final_loss']:.4f})")
     print("\ndata quality:\n" + quality.report(spark, cfg, args.ds))
     print("\n" + report.format_table(results["evaluate"]) + "\n")
     print("outputs:")
     for table in (tables.RECOMMENDATIONS, tables.METRICS, tables.DATA_QUALITY, tables.QUARANTINE_REJECTS,
                   tables.ITEM_FEATURES, tables.USER_FEATURES, tables.ITEM_TEXT_EMBEDDINGS):
         print(f"  {table.qualified:<28} {table.path(cfg)}")
-    print(f"  {'model':<28} {latest_model_dir(cfg)}")
+    print(f"  {'serving model (LATEST)':<28} {latest_model_dir(cfg)}")
     print(f"  {'evaluation report':<28} {results['report']}")
     spark.stop()
 

@@ -1,7 +1,7 @@
-"""The README's generated sections: the table contracts and the config keys, written from the code.
+"""The docs' generated sections: the table contracts (README.md) and the config keys (docs/config.md).
 
-``python -m lakerec.readme`` rewrites the text between each pair of markers in README.md; a test
-fails when the README drifts from :mod:`lakerec.tables` or :mod:`lakerec.config`.
+``python -m lakerec.readme`` rewrites the text between each pair of markers; a test fails when
+either file drifts from :mod:`lakerec.tables` or :mod:`lakerec.config`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from lakerec.config import REPO_ROOT, settings
 
 TABLES_MARKERS = ("<!-- tables:begin -->", "<!-- tables:end -->")
 CONFIG_MARKERS = ("<!-- config:begin -->", "<!-- config:end -->")
+README = REPO_ROOT / "README.md"
+CONFIG_DOC = REPO_ROOT / "docs" / "config.md"
 
 
 def schema_markdown() -> str:
@@ -43,13 +45,17 @@ def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def with_generated_sections(readme: str) -> str:
-    """``readme`` with both generated tables rewritten from the code."""
-    return _replace_between(_replace_between(readme, TABLES_MARKERS, schema_markdown()), CONFIG_MARKERS,
-                            config_markdown())
+def with_tables(readme: str) -> str:
+    """README.md's text with its tables section rewritten from the code."""
+    return _replace_between(readme, TABLES_MARKERS, schema_markdown())
+
+
+def with_config(doc: str) -> str:
+    """docs/config.md's text with its config table rewritten from the code."""
+    return _replace_between(doc, CONFIG_MARKERS, config_markdown())
 
 
 if __name__ == "__main__":
-    path = REPO_ROOT / "README.md"
-    path.write_text(with_generated_sections(path.read_text(encoding="utf-8")), encoding="utf-8")
-    print(f"updated the tables and config keys in {path}")
+    for path, rewrite in ((README, with_tables), (CONFIG_DOC, with_config)):
+        path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"updated {path}")

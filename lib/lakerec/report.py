@@ -1,7 +1,8 @@
-"""Evaluation report for one run: Markdown with PNG plots under ``<reports_dir>/<ds>/``.
+"""The nightly report: Markdown with PNG plots under ``<reports_dir>/<ds>/``.
 
-Metrics beside the baselines, metric@K curves, the model's training (and validation) curves, and
-the popularity bias of the published recommendations (share of slots per item-popularity decile).
+The served lists night over night (next-day hit rate beside popularity), the backtest beside the
+baselines with metric@K and training curves (on nights it runs), and the popularity bias of the
+published recommendations (share of slots per item-popularity decile).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pyspark.sql import functions as F
 
 from lakerec import tables
 from lakerec.config import Config, resolve_path
-from lakerec.model_store import META_FILE
+from lakerec.feedback import SERVED, SERVED_POPULARITY
+from lakerec.model_store import BACKTEST, META_FILE, SERVING
+from lakerec.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def format_table(rows: list[dict]) -> str:
 
 def popularity_bias(spark: SparkSession, cfg: Config, ds: str) -> list[float]:
     """Share of the published recommendation slots per train-popularity decile (0 = least popular)."""
-    items = tables.read(spark, cfg, tables.ITEM_FEATURES).select("item_key", "popularity")
+    items = Snapshot.load(spark, cfg, ds).read(spark, cfg, tables.ITEM_FEATURES).select("item_key", "popularity")
     deciles = items.withColumn("decile", F.ntile(10).over(Window.orderBy("popularity", "item_key")) - 1)
     recs = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == ds).select("item_key")
     counts = {r["decile"]: r["count"] for r in recs.join(deciles, "item_key").groupBy("decile").count().collect()}
@@ -89,34 +92,92 @@ def _plot_bias(shares: list[float], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def write(spark: SparkSession, cfg: Config, ds: str, metrics: list[dict], model_dir: Path) -> Path:
-    """Write ``report.md`` and its plots for ``ds``; returns the report's path."""
-    out = Path(resolve_path(cfg.reports_dir)) / ds
-    out.mkdir(parents=True, exist_ok=True)
-    meta = json.loads((model_dir / META_FILE).read_text())
-    shares = popularity_bias(spark, cfg, ds)
-    _plot_curves(metrics, out / "metrics_at_k.png")
+def served_history(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
+    """Feedback rows of every night up to ``ds`` (served lists and their popularity counterfactual)."""
+    if not tables.exists(spark, cfg, tables.METRICS):
+        return []
+    rows = tables.read(spark, cfg, tables.METRICS).where(
+        (F.col("ds") <= ds) & F.col("model").isin(SERVED, SERVED_POPULARITY)).orderBy("ds").collect()
+    return [r.asDict() for r in rows]
+
+
+def _plot_served(history: list[dict], path: Path) -> None:
+    """Hit rate of the served lists and of popularity, night over night, at the smallest k."""
+    k = min(r["k"] for r in history if r["k"] > 0)
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    for model in (SERVED, SERVED_POPULARITY):
+        points = [(r["ds"], r["value"]) for r in history if r["model"] == model and r["metric"] == "hit_rate" and r["k"] == k]
+        ax.plot([d for d, _ in points], [v for _, v in points], marker="o", label=model)
+    ax.set_title(f"next-day hit rate@{k} of the served lists")
+    ax.set_xlabel("night (ds)")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _served_section(spark: SparkSession, cfg: Config, ds: str, out: Path) -> list[str]:
+    history = served_history(spark, cfg, ds)
+    if not history:
+        return ["## The served lists, night over night", "", "No feedback yet: it starts on the second night.", ""]
+    _plot_served(history, out / "served.png")
+    tonight = [r for r in history if r["ds"] == ds]
+    return [
+        "## The served lists, night over night",
+        "",
+        "Last night's lists against what returning users did since, beside the popularity list they would have had.",
+        "",
+        "```",
+        format_table(tonight) if tonight else f"(no feedback rows for {ds})",
+        "```",
+        "",
+        "![served](served.png)",
+        "",
+    ]
+
+
+def _backtest_section(metrics: list[dict], model_dirs: dict[str, Path], out: Path) -> list[str]:
+    backtest = [r for r in metrics if r["model"] not in (SERVED, SERVED_POPULARITY)]
+    if BACKTEST not in model_dirs or not backtest:
+        return ["## Backtest", "", "Not due tonight (`nightly.backtest_every`).", ""]
+    meta = json.loads((model_dirs[BACKTEST] / META_FILE).read_text())
+    _plot_curves(backtest, out / "metrics_at_k.png")
     _plot_training(meta["history"], out / "training.png")
-    _plot_bias(shares, out / "popularity_bias.png")
-    lines = [
-        f"# lakerec evaluation report, ds={ds}",
+    return [
+        "## Backtest: the recipe beside the baselines",
         "",
         f"Model `{meta['model_version']}` ({meta['train']['model']}, trained on "
         f"`features.training_examples` version {meta['table_version']}, {len(meta['history'])} epochs, "
         f"world size {meta['world_size']}). Test split, full ranking over items unseen in training.",
         "",
-        "## Metrics beside the baselines",
-        "",
         "```",
-        format_table(metrics),
+        format_table(backtest),
         "```",
         "",
         "![metric@K](metrics_at_k.png)",
         "",
-        "## Training",
-        "",
         "![training](training.png)",
         "",
+    ]
+
+
+def write(spark: SparkSession, cfg: Config, ds: str, metrics: list[dict], model_dirs: dict[str, Path]) -> Path:
+    """Write ``report.md`` and its plots for ``ds``; returns the report's path.
+
+    ``model_dirs`` holds the night's models by role (the backtest one only when it was due).
+    """
+    out = Path(resolve_path(cfg.reports_dir)) / ds
+    out.mkdir(parents=True, exist_ok=True)
+    shares = popularity_bias(spark, cfg, ds)
+    _plot_bias(shares, out / "popularity_bias.png")
+    lines = [
+        f"# lakerec nightly report, ds={ds}",
+        "",
+        f"Served by `{model_dirs[SERVING].name}`.",
+        "",
+        *_served_section(spark, cfg, ds, out),
+        *_backtest_section(metrics, model_dirs, out),
         "## Popularity bias of the published recommendations",
         "",
         "Share of recommendation slots per item-popularity decile (train counts); 10% each would be no bias. "

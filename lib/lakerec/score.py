@@ -25,7 +25,8 @@ from lakerec import tables
 from lakerec.config import Config
 from lakerec.features import SPLITS, TRAIN
 from lakerec.models import FactorModel, top_n_block
-from lakerec.model_store import FACTORS_FILE, latest_model_dir
+from lakerec.model_store import FACTORS_FILE, SERVING
+from lakerec.snapshot import Snapshot, checked_ds, previous_ds
 
 log = logging.getLogger(__name__)
 
@@ -124,58 +125,73 @@ def seen_items(silver: DataFrame, splits: tuple[str, ...] = (TRAIN,)) -> DataFra
     return rows.groupBy("user_idx").agg(F.collect_set("item_idx").alias("seen"))
 
 
-def popularity_model(spark: SparkSession, cfg: Config, n_users: int, n_items: int) -> FactorModel:
-    """The popularity fallback as a FactorModel: item bias = log(1 + training interactions)."""
+def popularity_model(examples: DataFrame, n_users: int, n_items: int) -> FactorModel:
+    """The popularity fallback as a FactorModel: item bias = log(1 + positives in ``examples``)."""
     counts = np.zeros(n_items, np.float32)
-    examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES).where(F.col("item_idx") < n_items)
-    rows = examples.groupBy("item_idx").count().collect()
+    rows = examples.where(F.col("item_idx") < n_items).groupBy("item_idx").count().collect()
     for r in rows:  # one row per item: catalogue-sized, never interaction-sized
         counts[r["item_idx"]] = r["count"]
     return FactorModel.popularity(n_users, counts)
 
 
-def _with_keys(spark: SparkSession, cfg: Config, scored: DataFrame) -> DataFrame:
-    users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
-    items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
+def in_catalogue(model: FactorModel, catalogue: np.ndarray) -> FactorModel:
+    """``model`` ranking only the night's catalogue (item_idx in ``catalogue``): the others score -inf,
+    so a backfilled night never lists an item that had not arrived by its end."""
+    bias = np.full(model.item_factors.shape[0], -np.inf, np.float32)
+    known = catalogue[catalogue < len(bias)]
+    bias[known] = model.item_bias[known]
+    return FactorModel(model.user_factors, model.item_factors, bias)
+
+
+def catalogue(spark: SparkSession, cfg: Config, snap: Snapshot) -> np.ndarray:
+    """item_idx of the night's catalogue: the items its snapshot has features for."""
+    items = snap.read(spark, cfg, tables.ITEM_FEATURES).select("item_idx").toPandas()
+    return items["item_idx"].to_numpy(np.int64)
+
+
+def _with_keys(spark: SparkSession, cfg: Config, snap: Snapshot, scored: DataFrame) -> DataFrame:
+    users = snap.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
+    items = snap.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
     return scored.join(users, "user_idx").join(F.broadcast(items), "item_idx")
 
 
-def build_recommendations(spark: SparkSession, cfg: Config, ds: str, model_dir: Path) -> DataFrame:
-    """All users' top-N: the model for users with training history, popularity for the others; no
-    list holds an item the user already has, in any split (the test split is their latest)."""
-    model = FactorModel.load(model_dir / FACTORS_FILE)
-    model_version = model_dir.name
+def build_recommendations(spark: SparkSession, cfg: Config, snap: Snapshot, model_dir: Path) -> DataFrame:
+    """Every user of the night's top-N from its catalogue: the model for users it has history for,
+    popularity for the others; no list holds an item the user already has."""
+    items = catalogue(spark, cfg, snap)
+    model = in_catalogue(FactorModel.load(model_dir / FACTORS_FILE), items)
     n, sc = cfg.score.top_n, cfg.score
     n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
-    seen = seen_items(silver, SPLITS)
-    trained = silver.where((F.col("split") == TRAIN) & (F.col("user_idx") < n_users)).select("user_idx").distinct()
-    users = seen.join(trained, "user_idx")
-    scored = score_users(users, model, model_version, n, sc.block_size, sc.threads_per_worker)
+    seen = seen_items(snap.read(spark, cfg, tables.SILVER_INTERACTIONS), SPLITS)
+    examples = snap.read(spark, cfg, tables.SERVING_EXAMPLES)
+    history = examples.where(F.col("user_idx") < n_users).select("user_idx").distinct()
+    users = seen.join(history, "user_idx")
+    scored = score_users(users, model, f"{model_dir.name}-{uuid.uuid4().hex}", n, sc.block_size, sc.threads_per_worker)
     scored = scored.withColumn("reason", F.lit(MODEL_REASON))
 
-    # Everyone else gets popularity, minus what they have seen: users without training history, and
-    # users who arrived after this model was trained (their history is in silver, not in the model).
-    all_users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"))
-    cold = all_users.join(users.select("user_idx"), "user_idx", "left_anti").join(seen, "user_idx", "left")
-    pop = popularity_model(spark, cfg, all_users.count(), n_items)
+    # Everyone else gets popularity, minus what they have seen: users without positives, and users
+    # who arrived after this model was trained (their history is in silver, not in the model).
+    night_users = snap.read(spark, cfg, tables.USER_FEATURES).select("user_idx")
+    cold = night_users.join(users.select("user_idx"), "user_idx", "left_anti").join(seen, "user_idx", "left")
+    pop = in_catalogue(popularity_model(examples, snap.read(spark, cfg, tables.ID_MAP_USERS).count(), n_items), items)
     # A fresh key: the counts change with the examples, and workers cache tensors by key.
     fallback = score_users(cold, pop, f"popularity-{uuid.uuid4().hex}", n, sc.block_size, sc.threads_per_worker)
     fallback = fallback.withColumn("reason", F.lit(FALLBACK_REASON))
-    recs = _with_keys(spark, cfg, scored.unionByName(fallback))
+    recs = _with_keys(spark, cfg, snap, scored.unionByName(fallback))
     return recs.select(
-        F.lit(ds).alias("ds"), "user_key", "rank", "item_key", "score",
-        F.lit(model_version).alias("model_version"), "reason",
+        F.lit(snap.ds).alias("ds"), "user_key", "rank", "item_key", "score",
+        F.lit(model_dir.name).alias("model_version"), "reason",
     )
 
 
-def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) -> list[str]:
+def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, snap: Snapshot) -> list[str]:
     """Checks the staged recommendations must pass before publishing; returns what failed."""
-    n = cfg.score.top_n
+    n, ds = cfg.score.top_n, snap.ds
     failures = []
-    n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).count()
-    users = tables.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("key").alias("user_key"), F.col("idx").alias("user_idx"))
-    seen_pairs = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx").distinct()
+    items = snap.read(spark, cfg, tables.ITEM_FEATURES).select("item_key")
+    n_items = items.count()
+    users = snap.read(spark, cfg, tables.USER_FEATURES).select("user_key", "user_idx")
+    seen_pairs = snap.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx").distinct()
     # Each user is owed min(N, unseen items): someone who has seen nearly the whole catalogue gets fewer.
     owed = users.join(seen_pairs.groupBy("user_idx").agg(F.count("*").alias("n_seen")), "user_idx", "left").select(
         "user_key", F.least(F.lit(n), F.lit(n_items) - F.coalesce("n_seen", F.lit(0))).alias("owed")
@@ -187,7 +203,7 @@ def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) 
     checked = owed.join(per_user, "user_key", "full_outer").fillna(0, ["rows", "ranks", "items", "max_rank"])
     missing = checked.where(F.col("owed").isNull() | (F.col("rows") == 0)).count()
     if missing:
-        failures.append(f"{missing} users are missing from the recommendations or unknown to the id map")
+        failures.append(f"{missing} users are missing from the recommendations or unknown to the night's users")
     bad = checked.where(
         (F.col("rows") > 0)
         & ((F.col("rows") != F.col("owed")) | (F.col("ranks") != F.col("rows"))
@@ -201,36 +217,43 @@ def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) 
     non_finite = staged.where(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf"))).count()
     if non_finite:
         failures.append(f"{non_finite} rows have non-finite scores")
-    seen_recs = _with_keys(spark, cfg, seen_pairs).join(staged, ["user_key", "item_key"]).count()
+    seen_recs = _with_keys(spark, cfg, snap, seen_pairs).join(staged, ["user_key", "item_key"]).count()
     if seen_recs:
         failures.append(f"{seen_recs} recommendations are items the user already has")
-    if cfg.score.min_coverage_ratio > 0 and tables.exists(spark, cfg, tables.RECOMMENDATIONS):
-        previous = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") < ds)
-        last_ds = previous.agg(F.max("ds")).first()[0]
-        if last_ds is not None:
-            prev_cov = previous.where(F.col("ds") == last_ds).select("item_key").distinct().count()
-            cov = staged.select("item_key").distinct().count()
-            if cov < cfg.score.min_coverage_ratio * prev_cov:
-                failures.append(
-                    f"catalogue coverage {cov} items is below {cfg.score.min_coverage_ratio:.0%} of "
-                    f"{prev_cov} on {last_ds} (score.min_coverage_ratio)"
-                )
-    return failures
+    unknown = staged.join(items, "item_key", "left_anti").count()
+    if unknown:
+        failures.append(f"{unknown} recommendations are items outside the catalogue of {ds}")
+    return failures + _coverage_failures(spark, cfg, staged, ds)
+
+
+def _coverage_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) -> list[str]:
+    """Distinct items recommended must not collapse below ``score.min_coverage_ratio`` of the previous night's."""
+    last_ds = previous_ds(spark, cfg, tables.RECOMMENDATIONS, ds) if cfg.score.min_coverage_ratio > 0 else None
+    if last_ds is None:
+        return []
+    previous = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == last_ds)
+    prev_cov = previous.select("item_key").distinct().count()
+    cov = staged.select("item_key").distinct().count()
+    if cov >= cfg.score.min_coverage_ratio * prev_cov:
+        return []
+    return [f"catalogue coverage {cov} items is below {cfg.score.min_coverage_ratio:.0%} of "
+            f"{prev_cov} on {last_ds} (score.min_coverage_ratio)"]
 
 
 def run(spark: SparkSession, cfg: Config, ds: str, model_dir: Path | None = None) -> dict:
-    """Score every user for ``ds`` and publish, or fail leaving serving untouched."""
-    model_dir = model_dir or latest_model_dir(cfg)
-    recs = build_recommendations(spark, cfg, ds, model_dir)
+    """Score every user of ``ds`` with that night's serving model and publish, or fail leaving serving untouched."""
+    snap = Snapshot.load(spark, cfg, ds)
+    model_dir = model_dir or snap.model_dir(cfg, SERVING)
+    recs = build_recommendations(spark, cfg, snap, model_dir)
     tables.overwrite(recs, cfg, tables.STAGING_RECOMMENDATIONS)
     staged = tables.read(spark, cfg, tables.STAGING_RECOMMENDATIONS)
-    failures = gate_failures(spark, cfg, staged, ds)
+    failures = gate_failures(spark, cfg, staged, snap)
     if failures:
         raise PublishGateError(
             f"not publishing ds={ds} from {model_dir.name}: " + "; ".join(failures)
             + f". Serving keeps its previous output; the rejected rows are in {tables.STAGING_RECOMMENDATIONS.path(cfg)}"
         )
-    tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, f"ds = '{ds}'")
+    tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, f"ds = '{checked_ds(ds)}'")
     summary = {
         "ds": ds,
         "model_version": model_dir.name,

@@ -128,6 +128,16 @@ TRAINING_EXAMPLES = Table(
     ),
 )
 
+# All of a user's positives as of ds, with recency over their whole history: the serving model's examples.
+SERVING_EXAMPLES = Table("features", "serving_examples", TRAINING_EXAMPLES.schema)
+
+# The table versions that make up one night's snapshot, written last by the features job.
+MANIFEST = Table(
+    "features", "manifest",
+    _schema(("ds", StringType(), False), ("table", StringType(), False), ("version", LongType(), False)),
+    key=("ds", "table"),
+)
+
 GENRE_VOCABULARY = Table("features", "genre_vocabulary", _ID_MAP_SCHEMA, key=("key",))
 
 ITEM_FEATURES = Table(
@@ -221,7 +231,8 @@ METRICS = Table(
 
 ALL_TABLES = (
     BRONZE_INTERACTIONS, BRONZE_ITEMS, QUARANTINE_REJECTS, ID_MAP_USERS, ID_MAP_ITEMS,
-    SILVER_INTERACTIONS, TRAINING_EXAMPLES, GENRE_VOCABULARY, ITEM_FEATURES, USER_FEATURES, ITEM_TEXT_EMBEDDINGS,
+    SILVER_INTERACTIONS, TRAINING_EXAMPLES, SERVING_EXAMPLES, MANIFEST, GENRE_VOCABULARY, ITEM_FEATURES,
+    USER_FEATURES, ITEM_TEXT_EMBEDDINGS,
     DATA_QUALITY, STAGING_RECOMMENDATIONS, RECOMMENDATIONS, METRICS,
 )
 
@@ -297,9 +308,12 @@ def append(df: DataFrame, cfg: Config, table: Table) -> None:
 
 
 def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, update: bool = False) -> int:
-    """MERGE ``df`` into ``table`` on its key: insert rows whose key is new, optionally update the others.
+    """MERGE ``df`` into ``table`` on its key: insert rows whose key is new; returns how many were inserted.
 
-    Returns the number of rows inserted. Creates the table on first use.
+    A row already present keeps the earliest ``ingest_ds`` it arrived on (bronze tables) (a backfilled night's drop
+    re-dates it, so that night sees it too); with ``update`` a later arrival also replaces its other
+    columns (item metadata). Creates the table on first use. The count comes from this merge's own
+    result, not the table history, which another writer may have moved on.
     """
     if not exists(spark, cfg, table):
         df = conform(df, table)
@@ -310,8 +324,10 @@ def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, 
         return count
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.key)
     merge = DeltaTable.forPath(spark, table.path(cfg)).alias("t").merge(conform(df, table).alias("s"), condition)
+    if "ingest_ds" in table.schema.fieldNames():
+        merge = merge.whenMatchedUpdate("s.ingest_ds < t.ingest_ds", {"ingest_ds": "s.ingest_ds"})
     if update:
-        merge = merge.whenMatchedUpdateAll()
-    merge.whenNotMatchedInsertAll().execute()
-    metrics = DeltaTable.forPath(spark, table.path(cfg)).history(1).select("operationMetrics").first()[0]
-    return int(metrics.get("numTargetRowsInserted", 0))
+        later = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields if f.name != "ingest_ds"}
+        merge = merge.whenMatchedUpdate(set=later)
+    metrics = merge.whenNotMatchedInsertAll().execute().first()
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0

@@ -10,13 +10,12 @@ torchrun yourself (commands in :mod:`lakerec.trainer`):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -24,30 +23,19 @@ import numpy as np
 import torch
 
 from lakerec import model_store, validation
-from lakerec.config import Config, TrainConfig, resolve_path
+from lakerec.config import Config, resolve_path
 from lakerec.data import count_rows
-from lakerec.model_store import INPUTS_FILE, META_FILE, TrainInputs
+from lakerec.model_store import BACKTEST, INPUTS_FILE, META_FILE, SERVING, TrainInputs, model_version, resolved_train
 from lakerec.trainer import RESTARTS_ENV, train_worker
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the driver's imports: a worker on a GPU node has no Spark
     from pyspark.sql import SparkSession
+
+    from lakerec import snapshot
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECENCY_DECAY = 2.0  # train.recency_decay for splits that hold out the future (BENCHMARKS.md "Quality")
-DEFAULT_HISTORY_DECAY = 5.0  # train.history_decay for the same splits (BENCHMARKS.md "Quality")
-
-
-def model_version(cfg: Config, ds: str, table_version: int) -> str:
-    """``<model>-<ds>-t<table version>-<config digest>``: another training config for the same day
-    gets its own folder, so training it never touches the model ``LATEST`` points to. The keys a
-    run may change and still resume (epochs, launcher, ...) are left out, as for checkpoints."""
-    train = model_store.pinned_train(asdict(resolved_train(cfg)))
-    digest = hashlib.sha256(json.dumps(train, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.train.model.replace('_', '')}-{ds}-t{table_version}-{digest}"
-
-
-def training_rating_mean(spark: "SparkSession", cfg: Config, table_version: int) -> Optional[float]:
+def training_rating_mean(spark: "SparkSession", cfg: Config, examples_table, table_version: int) -> Optional[float]:
     """Mean rating of the training examples, or None (rating head off) when they cannot train one.
 
     The head needs every rated train interaction: with ``features.positive_threshold`` set the
@@ -60,35 +48,19 @@ def training_rating_mean(spark: "SparkSession", cfg: Config, table_version: int)
     if cfg.features.positive_threshold is not None:
         log.info("rating head off: features.positive_threshold keeps only positives in the training examples")
         return None
-    examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES, table_version)
+    examples = tables.read(spark, cfg, examples_table, table_version)
     mean = examples.agg(F.avg("rating")).first()[0]
     if mean is None:
         log.info("rating head off: the training examples carry no ratings")
     return mean
 
 
-def resolved_train(cfg: Config) -> TrainConfig:
-    """``cfg.train`` with the null decays resolved by the split: on when it holds out the future.
-
-    Under ``random_user`` held-out items are no later than the train ones, so weighting recent
-    examples only discards data (measured in BENCHMARKS.md "Quality"). What the workers receive
-    and ``meta.json`` records.
-    """
-    time_based = cfg.features.split != "random_user"
-    tc = cfg.train
-    return replace(
-        tc,
-        recency_decay=tc.recency_decay if tc.recency_decay is not None else (DEFAULT_RECENCY_DECAY if time_based else 0.0),
-        history_decay=tc.history_decay if tc.history_decay is not None else (DEFAULT_HISTORY_DECAY if time_based else 0.0),
-    )
-
-
-def _pinned_files(spark: "SparkSession", cfg: Config, table_version: int) -> list[str]:
-    """The parquet files of ``features.training_examples`` at ``table_version``, by ``train.data_path``."""
+def _pinned_files(spark: "SparkSession", cfg: Config, table, table_version: int) -> list[str]:
+    """The parquet files of the examples ``table`` at ``table_version``, by ``train.data_path``."""
     from lakerec import tables
     from lakerec.data import active_files, spark_converter
 
-    path = tables.TRAINING_EXAMPLES.path(cfg)
+    path = table.path(cfg)
     if cfg.train.data_path == "spark_converter":
         columns = [f.name for f in tables.TRAINING_EXAMPLES.schema.fields]
         converter = spark_converter(spark, path, table_version, columns, resolve_path(cfg.train.petastorm_cache_dir))
@@ -96,51 +68,62 @@ def _pinned_files(spark: "SparkSession", cfg: Config, table_version: int) -> lis
     return active_files(spark, path, table_version)
 
 
-def _write_side_features(spark: "SparkSession", cfg: Config, table_version: int, n_users: int, n_items: int,
-                         model_dir: Path) -> Path:
+def _write_side_features(spark: "SparkSession", cfg: Config, snap: "snapshot.Snapshot", examples, n_users: int,
+                         n_items: int, model_dir: Path) -> Path:
     """two_tower: user and item side features, and which items have training examples."""
-    from lakerec import tables
     from lakerec.features import side_features
 
-    user_side, item_side = side_features(spark, cfg, n_users, n_items)
+    user_side, item_side = side_features(spark, cfg, n_users, n_items, snap)
     trained = np.zeros(n_items, np.bool_)
-    examples = tables.read(spark, cfg, tables.TRAINING_EXAMPLES, table_version)
     trained[[r["item_idx"] for r in examples.select("item_idx").distinct().collect()]] = True
     path = model_dir / model_store.SIDE_FEATURES_FILE
     np.savez(path, user_side=user_side, item_side=item_side, trained_items=trained)
     return path
 
 
-def prepare(spark: "SparkSession", cfg: Config, ds: str) -> TrainInputs:
-    """Pin the input table versions and write ``inputs.json`` (and its side files) for the workers."""
-    from lakerec import tables
+def _train_config(cfg: Config, warm: Optional[Path]) -> dict:
+    """What the workers train with: ``nightly.warm_epochs`` on a warm-started night."""
+    train = asdict(resolved_train(cfg))
+    if warm is not None:
+        train["epochs"] = cfg.nightly.warm_epochs
+    return train
 
-    versions = {
-        t.qualified: tables.version(spark, cfg, t)
-        for t in (tables.TRAINING_EXAMPLES, tables.ID_MAP_USERS, tables.ID_MAP_ITEMS, tables.SILVER_INTERACTIONS)
-    }
-    table_version = versions[tables.TRAINING_EXAMPLES.qualified]
-    files = _pinned_files(spark, cfg, table_version)
-    n_users = tables.read(spark, cfg, tables.ID_MAP_USERS, versions[tables.ID_MAP_USERS.qualified]).count()
-    n_items = tables.read(spark, cfg, tables.ID_MAP_ITEMS, versions[tables.ID_MAP_ITEMS.qualified]).count()
-    version = model_version(cfg, ds, table_version)
-    model_dir = model_store.models_root(cfg) / version
+
+def prepare(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snapshot.Snapshot") -> TrainInputs:
+    """Pin the night's snapshot and write ``inputs.json`` (and its side files) for the workers."""
+    from lakerec import snapshot, tables
+
+    examples = snapshot.examples_table(role)
+    versions = {t.qualified: snap.version(t) for t in (examples, tables.ID_MAP_USERS, tables.ID_MAP_ITEMS,
+                                                       tables.SILVER_INTERACTIONS)}
+    table_version = snap.version(examples)
+    files = _pinned_files(spark, cfg, examples, table_version)
+    n_users = snap.read(spark, cfg, tables.ID_MAP_USERS).count()
+    n_items = snap.read(spark, cfg, tables.ID_MAP_ITEMS).count()
+    version = model_version(cfg, ds, role, table_version)
+    root = model_store.models_root(cfg)
+    warm = None
+    if role == SERVING and cfg.nightly.warm_start:
+        warm = model_store.previous_serving_model(root, ds, asdict(resolved_train(cfg)))
+    model_dir = model_store.partial_dir(root, version)
     model_dir.mkdir(parents=True, exist_ok=True)
     side_path = val_path = None
     if cfg.train.model == "two_tower":
-        side_path = _write_side_features(spark, cfg, table_version, n_users, n_items, model_dir)
-    val = validation.export(spark, cfg, cfg.train.validation_users, n_users, n_items)
+        side_path = _write_side_features(spark, cfg, snap, snap.read(spark, cfg, examples), n_users, n_items, model_dir)
+    val = validation.export(snap.read(spark, cfg, tables.SILVER_INTERACTIONS), cfg.train.validation_users,
+                            n_users, n_items) if role == BACKTEST else None
     if val is not None:
         val_path = model_dir / model_store.VALIDATION_FILE
         val.save(val_path)
     inputs = TrainInputs(
         model_version=version, model_dir=str(model_dir), files=files, table_version=table_version,
         total_rows=count_rows(files), n_users=n_users, n_items=n_items, input_versions=versions,
-        train=asdict(resolved_train(cfg)),
+        train=_train_config(cfg, warm),
         side_features=str(side_path) if side_path else None,
         validation=str(val_path) if val_path else None,
-        rating_mean=training_rating_mean(spark, cfg, table_version) if cfg.train.rating_weight > 0 else None,
-        ds=ds,
+        rating_mean=(training_rating_mean(spark, cfg, examples, table_version)
+                     if cfg.train.rating_weight > 0 else None),
+        ds=ds, role=role, warm_start=str(warm / model_store.MODEL_FILE) if warm else None,
     )
     inputs.save(model_dir / INPUTS_FILE)
     return inputs
@@ -176,32 +159,44 @@ def launch(cfg: Config, inputs_path: Path) -> None:
             os.environ.pop(RESTARTS_ENV, None)
 
 
-def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
-    """Train on the current feature tables; returns the model's meta.json contents.
+def train_role(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snapshot.Snapshot") -> dict:
+    """Train ``role``'s model for ``ds`` on the night's snapshot; returns its meta.json contents.
 
-    A model version that already has ``meta.json`` is finished and never rewritten: a rerun
-    returns it (and moves ``LATEST`` forward to it, should a crash have come in between). With
+    A model version that already has ``meta.json`` is finished and never rewritten: a rerun returns
+    it (and moves ``LATEST`` forward to a serving model, should a crash have come in between). With
     ``train.launcher=none`` only ``inputs.json`` is written: returns its path and model_version.
     """
-    from lakerec import tables
+    from lakerec import snapshot
 
-    finished = model_store.models_root(cfg) / model_version(cfg, ds, tables.version(spark, cfg, tables.TRAINING_EXAMPLES))
+    version = model_version(cfg, ds, role, snap.version(snapshot.examples_table(role)))
+    finished = model_store.models_root(cfg) / version
     if (finished / META_FILE).is_file():
-        log.info("%s is already trained: not retraining it (a finished model is never rewritten)", finished.name)
-        model_store.publish_latest(finished, ds)
+        log.info("%s is already trained: not retraining it (a finished model is never rewritten)", version)
+        if role == SERVING:
+            model_store.publish_latest(finished, ds)
         return json.loads((finished / META_FILE).read_text())
-    inputs = prepare(spark, cfg, ds)
-    model_dir = Path(inputs.model_dir)
+    inputs = prepare(spark, cfg, ds, role, snap)
+    inputs_path = Path(inputs.model_dir) / INPUTS_FILE
     if cfg.train.launcher == "none":
-        log.info("wrote %s: launch torchrun -m lakerec.train --inputs with it", model_dir / INPUTS_FILE)
-        return {"model_version": inputs.model_version, "inputs": str(model_dir / INPUTS_FILE)}
-    launch(cfg, model_dir / INPUTS_FILE)
-    meta_path = model_dir / META_FILE
+        log.info("wrote %s: launch torchrun -m lakerec.train --inputs with it", inputs_path)
+        return {"model_version": version, "inputs": str(inputs_path)}
+    launch(cfg, inputs_path)
+    meta_path = finished / META_FILE
     if not meta_path.is_file():  # the launcher returns whichever rank ended last: check rank 0's output
         raise RuntimeError(f"training finished without rank 0 writing {meta_path}")
     meta = json.loads(meta_path.read_text())
-    log.info("trained %s in %.1fs, final loss %.4f", meta["model_version"], meta["train_seconds"], meta["final_loss"])
+    log.info("trained %s in %.1fs, final loss %.4f", version, meta["train_seconds"], meta["final_loss"])
     return meta
+
+
+def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
+    """Train ``ds``'s models: the backtest model when due (``nightly.backtest_every``), then the
+    serving model. Returns each one's meta.json contents by role."""
+    from lakerec import snapshot
+
+    snap = snapshot.Snapshot.load(spark, cfg, ds)
+    roles = ([BACKTEST] if snapshot.backtest_due(cfg, ds) else []) + [SERVING]
+    return {role: train_role(spark, cfg, ds, role, snap) for role in roles}
 
 
 def main() -> None:

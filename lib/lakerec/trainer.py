@@ -201,6 +201,8 @@ class Trainer:
             load_history(self.model, inputs.files, tc.history_decay if self.history_weighted else 0.0)
         self.model = self.model.to(place.device)
         self.head = build_rating_head(inputs, tc)
+        if inputs.warm_start:
+            self._warm_start(inputs.warm_start)
         self.objective = Objective(self.model, self.head, tc.rating_weight).to(place.device)
         self.ddp: torch.nn.Module = self.objective
         self.optimizer = torch.optim.Adam(self.objective.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -233,6 +235,15 @@ class Trainer:
             shutil.rmtree(self.model_dir / model_store.CHECKPOINT_DIR, ignore_errors=True)
         if self.place.distributed:  # side-feature buffers never change: no re-broadcast on every forward
             self.ddp = DistributedDataParallel(self.objective, broadcast_buffers=False)
+
+    def _warm_start(self, path: str) -> None:
+        """Start from the previous night's serving model: its rows for the users and items it knew."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        copied = model_store.warm_start(self.model, saved["state_dict"])
+        if self.head is not None and saved["rating_head"] is not None:
+            copied += model_store.warm_start(self.head, saved["rating_head"])
+        if self.place.leader:
+            log.info("warm start from %s: %d tensors", path, copied)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         rank = self.place.rank
@@ -378,7 +389,8 @@ class Trainer:
     # ------------------------------------------------------------------ publish
 
     def publish(self) -> None:
-        """Rank 0 writes the model files, then ``meta.json``, then moves ``models/LATEST`` (forward only)."""
+        """Rank 0 writes the model files, then ``meta.json``, renames the folder into place, then moves
+        ``models/LATEST`` to a serving model (forward only)."""
         digests = self.place.gather(weights_digest(self.model))
         if self.place.leader:
             if self.val is not None:  # publish the best validation epoch, not the last one
@@ -397,13 +409,17 @@ class Trainer:
             self.tracker.finish(self.model_dir, {
                 "final_loss": meta["final_loss"], "train_seconds": meta["train_seconds"],
                 **({"best_val_ndcg": self.best["ndcg"]} if self.val is not None else {})})
-            model_store.publish_latest(self.model_dir, self.inputs.ds)
+            final = model_store.finish(self.model_dir, self.inputs.model_version)
+            if self.inputs.role == model_store.SERVING:
+                model_store.publish_latest(final, self.inputs.ds)
         self.place.barrier()
 
     def _meta(self, digests: list[str]) -> dict[str, Any]:
         return {
             "model_version": self.inputs.model_version,
             "ds": self.inputs.ds,
+            "role": self.inputs.role,
+            "warm_start": self.inputs.warm_start,
             "world_size": self.place.world_size,
             "device": str(self.place.device),
             "table_version": self.inputs.table_version,

@@ -20,9 +20,7 @@ from lakerec.metrics import ndcg_at_k
 from lakerec.models import FactorModel, top_n_block
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
-
-    from lakerec.config import Config
+    from pyspark.sql import DataFrame
 
 
 @dataclass
@@ -51,14 +49,14 @@ class ValidationSet:
         )
 
 
-def export(spark: "SparkSession", cfg: "Config", max_users: int, n_users: int, n_items: int) -> ValidationSet | None:
-    """A deterministic sample of at most ``max_users`` users with validation positives; None without a split."""
+def export(silver: "DataFrame", max_users: int, n_users: int, n_items: int) -> ValidationSet | None:
+    """A deterministic sample of at most ``max_users`` users with validation positives of ``silver``
+    (the night's interactions); None without a validation split."""
     from pyspark.sql import functions as F
 
-    from lakerec import tables
     from lakerec.features import TRAIN, VALIDATION
 
-    silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS).where(
+    silver = silver.where(
         (F.col("user_idx") < n_users) & (F.col("item_idx") < n_items)
     )
     val = silver.where((F.col("split") == VALIDATION) & (F.col("label") > 0))
