@@ -219,6 +219,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="empty folder for drops, warehouse, models (default: a temp dir under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the default temp work dir")
     parser.add_argument("--cold", action="store_true", help="a cold retrain every night (nightly.warm_start=false)")
+    parser.add_argument("--stop-after", type=int, metavar="K",
+                        help="run only nights 0..K of the NIGHTS drops (a shorter run over the same nights)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override (repeatable)")
     return parser.parse_args()
 
@@ -235,7 +237,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="lakerec-replay-", dir="/tmp"))
     log.info("work dir: %s", work)
     try:
-        ds_list = write_drops(args.source, work / "drops", args.nights)
+        ds_list = write_drops(args.source, work / "drops", args.nights)[: None if args.stop_after is None else args.stop_after + 1]
         extra = [*(["nightly.warm_start=false"] if args.cold else []), *args.set]
         cfg = load_config("local", overrides=[
             f"warehouse={work}/warehouse", f"models_dir={work}/models", f"reports_dir={work}/reports",

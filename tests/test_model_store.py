@@ -1,8 +1,14 @@
-"""The model folder contract: checkpoints that survive damage, and a LATEST that only moves forward."""
+"""The model folder contract: checkpoints that survive damage, a LATEST that only moves forward and\ncannot point outside models_dir, and warm starts from the previous night."""
 import json
 from pathlib import Path
 
-from lakerec.model_store import LATEST_FILE, META_FILE, checkpoint_paths, load_checkpoint, publish_latest, save_checkpoint
+import pytest
+import torch
+
+from lakerec.config import load_config
+from lakerec.model_store import (BACKTEST, LATEST_FILE, META_FILE, SERVING, checkpoint_paths, latest_model_dir,
+                                 load_checkpoint, previous_serving_model, publish_latest, save_checkpoint, warm_start)
+from lakerec.models import MatrixFactorization
 
 
 def _finished(root: Path, version: str, ds: str) -> Path:
@@ -30,3 +36,34 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     newest.write_bytes(newest.read_bytes()[:20])  # cut short, as by a full disk
     assert load_checkpoint(tmp_path, "f")["epoch"] == 0
     assert load_checkpoint(tmp_path, "other inputs") is None
+
+
+def test_latest_must_name_a_model_folder_under_models_dir(tmp_path):
+    cfg = load_config("local", overrides=[f"models_dir={tmp_path}"])
+    for content in ("../../etc", "/etc", ".mf-serving-x.partial", ""):
+        (tmp_path / LATEST_FILE).write_text(content)
+        with pytest.raises(ValueError, match="not the name of a model folder"):
+            latest_model_dir(cfg)
+    (tmp_path / LATEST_FILE).write_text("mf-serving-2026-01-02-t5-a\n")
+    assert latest_model_dir(cfg) == tmp_path / "mf-serving-2026-01-02-t5-a"
+
+
+def test_warm_start_copies_the_rows_the_previous_night_knew(tmp_path):
+    torch.manual_seed(0)
+    previous, tonight = MatrixFactorization(3, 4, 8), MatrixFactorization(5, 6, 8)
+    fresh = tonight.user.weight[3:].detach().clone()
+    assert warm_start(tonight, previous.state_dict()) == 3
+    assert torch.equal(tonight.user.weight[:3], previous.user.weight)
+    assert torch.equal(tonight.item.weight[:4], previous.item.weight)
+    assert torch.equal(tonight.user.weight[3:], fresh)  # new users keep their fresh rows
+
+
+def test_previous_serving_model_is_the_newest_earlier_night_of_the_same_recipe(tmp_path):
+    recipe = {"dim": 8, "epochs": 15}
+    for version, ds, role, train in (("a", "2026-01-01", SERVING, recipe), ("b", "2026-01-02", SERVING, recipe),
+                                     ("c", "2026-01-03", SERVING, recipe), ("d", "2026-01-02", BACKTEST, recipe),
+                                     ("e", "2026-01-02", SERVING, {"dim": 16, "epochs": 15})):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / META_FILE).write_text(json.dumps({"ds": ds, "role": role, "train": train}))
+    assert previous_serving_model(tmp_path, "2026-01-03", {"dim": 8, "epochs": 4}) == tmp_path / "b"
+    assert previous_serving_model(tmp_path, "2026-01-01", recipe) is None

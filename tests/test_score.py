@@ -136,6 +136,25 @@ def test_rerun_of_same_ds_leaves_identical_rows(spark, pipeline_run):
     assert tables.read(spark, cfg, tables.RECOMMENDATIONS).count() == total
 
 
+def test_a_run_publishes_the_rows_it_staged_even_when_another_run_overwrites_staging(spark, pipeline_run,
+                                                                                     monkeypatch):
+    """Another score run stages its rows right after this run's write, before this run reads them back:
+    this run still gates and publishes its own staged version (the hook stands in for the other run)."""
+    cfg, _ = pipeline_run
+    before = sorted(tuple(r) for r in _recs(spark, cfg).collect())
+    write = tables.overwrite
+
+    def other_run_stages_next(df, cfg_, table, tag=None):
+        write(df, cfg_, table, tag)
+        if table is tables.STAGING_RECOMMENDATIONS:
+            write(df.limit(5).withColumn("item_key", F.lit("not-this-run")), cfg_, table)
+
+    monkeypatch.setattr(tables, "overwrite", other_run_stages_next)
+    score.run(spark, cfg, PIPELINE_DS)
+    assert sorted(tuple(r) for r in _recs(spark, cfg).collect()) == before
+    assert tables.read(spark, cfg, tables.STAGING_RECOMMENDATIONS).count() == 5  # the other run's rows
+
+
 def _file_stats(cfg, table) -> list[dict]:
     """The statistics of every file a table's Delta log has added."""
     log = Path(table.path(cfg)) / "_delta_log"

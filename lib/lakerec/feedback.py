@@ -89,7 +89,11 @@ def served_rows(spark: SparkSession, cfg: Config, snap: Snapshot) -> list[Row]:
     if previous_night is None:
         log.info("feedback %s: no earlier night was served", snap.ds)
         return []
-    previous = Snapshot.load(spark, cfg, previous_night)
+    try:
+        previous = Snapshot.load(spark, cfg, previous_night)
+    except RuntimeError:  # lists served before manifests existed (an older lakerec): nothing to mask them with
+        log.warning("feedback %s: the lists of %s have no feature snapshot; skipped", snap.ds, previous_night)
+        return []
     served = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == previous_night).cache()
     version = served.select("model_version").first()["model_version"]
     truth = next_day_truth(spark, cfg, previous, snap.ds).cache()

@@ -1,5 +1,8 @@
 """Ingest: raw interaction and item files -> bronze.interactions, bronze.items, quarantine.rejects.
 
+A ``source.path`` with ``{ds}`` is a daily drop: each night reads its own folder. Every bronze row
+records the earliest night it arrived on (``ingest_ds``), which is what later stages filter on.
+
 Readers turn each source format into the same raw shape (every field still a string, plus the
 raw text and file of the row); one validator assigns each row a reject reason or none. Every raw
 row is either a bronze row or a quarantine row with its reason: nothing is dropped. Bronze writes

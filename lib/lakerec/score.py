@@ -245,13 +245,17 @@ def run(spark: SparkSession, cfg: Config, ds: str, model_dir: Path | None = None
     snap = Snapshot.load(spark, cfg, ds)
     model_dir = model_dir or snap.model_dir(cfg, SERVING)
     recs = build_recommendations(spark, cfg, snap, model_dir)
-    tables.overwrite(recs, cfg, tables.STAGING_RECOMMENDATIONS)
-    staged = tables.read(spark, cfg, tables.STAGING_RECOMMENDATIONS)
+    # Gate and publish exactly the version this run staged: another run may overwrite staging meanwhile.
+    run_tag = f"score ds={ds} {uuid.uuid4().hex}"
+    tables.overwrite(recs, cfg, tables.STAGING_RECOMMENDATIONS, tag=run_tag)
+    staged_version = tables.tagged_version(spark, cfg, tables.STAGING_RECOMMENDATIONS, run_tag)
+    staged = tables.read(spark, cfg, tables.STAGING_RECOMMENDATIONS, staged_version)
     failures = gate_failures(spark, cfg, staged, snap)
     if failures:
         raise PublishGateError(
             f"not publishing ds={ds} from {model_dir.name}: " + "; ".join(failures)
             + f". Serving keeps its previous output; the rejected rows are in {tables.STAGING_RECOMMENDATIONS.path(cfg)}"
+            + f" at version {staged_version}"
         )
     tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, f"ds = '{checked_ds(ds)}'")
     summary = {

@@ -289,13 +289,26 @@ def _writer(df: DataFrame, cfg: Config, table: Table):
     return writer
 
 
-def overwrite(df: DataFrame, cfg: Config, table: Table) -> None:
+def overwrite(df: DataFrame, cfg: Config, table: Table, tag: Optional[str] = None) -> None:
     """Replace the whole table in one atomic commit, schema included.
 
     The rows are conformed to the contract declared here, so a table written by an older lakerec
-    (e.g. before a column was added) takes the current schema instead of failing the write.
+    (e.g. before a column was added) takes the current schema instead of failing the write. A
+    ``tag`` is stored with the commit (Delta ``userMetadata``): :func:`tagged_version` finds it again.
     """
-    _writer(df, cfg, table).mode("overwrite").option("overwriteSchema", "true").save(table.path(cfg))
+    writer = _writer(df, cfg, table).mode("overwrite").option("overwriteSchema", "true")
+    if tag is not None:
+        writer = writer.option("userMetadata", tag)
+    writer.save(table.path(cfg))
+
+
+def tagged_version(spark: SparkSession, cfg: Config, table: Table, tag: str) -> int:
+    """The version this writer committed with ``tag``, even when another writer has committed since."""
+    history = DeltaTable.forPath(spark, table.path(cfg)).history().where(F.col("userMetadata") == tag)
+    row = history.select(F.max("version")).first()
+    if row is None or row[0] is None:
+        raise RuntimeError(f"{table.qualified}: no commit tagged {tag!r}")
+    return int(row[0])
 
 
 def replace_where(df: DataFrame, cfg: Config, table: Table, predicate: str) -> None:

@@ -1,11 +1,13 @@
-"""The train job (driver side): pin the inputs, write ``inputs.json``, launch the DDP workers.
+"""The train job (driver side): pin the night's inputs, write ``inputs.json``, launch the DDP workers.
 
-``prepare`` pins the versions of the feature tables and writes ``models/<model_version>/inputs.json``
+Each night trains a serving model (all history as of ``ds``, warm-started from the previous night's
+when ``nightly.warm_start``) and, when due, a backtest model (the train split). ``prepare`` pins the
+examples version of the night's manifest and writes ``models/.<model_version>.partial/inputs.json``
 with the parquet files of that version; ``launch`` runs :func:`lakerec.trainer.train_worker` on
 ``train.num_processes`` ranks with ``train.launcher`` (torch_distributor or torchrun), restarting a
 failed worker group. With ``--set train.launcher=none`` only ``inputs.json`` is written; then run
 torchrun yourself (commands in :mod:`lakerec.trainer`):
-    torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/<model_version>/inputs.json
+    torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/.<model_version>.partial/inputs.json
 """
 from __future__ import annotations
 

@@ -3,13 +3,14 @@
 Needs torch, pyarrow and petastorm only (no JVM, no Spark), so it runs on GPU nodes. The loop
 reads top to bottom (:func:`train_worker`): set up the rank, restore the newest checkpoint of the
 same inputs, then per epoch run it and end it (reduce, validate, checkpoint, agree on early
-stopping), then publish ``factors.npz``, ``model.pt``, ``meta.json`` and ``models/LATEST``.
+stopping), then publish ``factors.npz``, ``model.pt``, ``meta.json``, rename the folder into place
+and move ``models/LATEST`` (serving models only).
 
 Launch commands (the train job does this for you; ``--set train.launcher=none`` leaves it to you):
-    torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/<model_version>/inputs.json
+    torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/.<model_version>.partial/inputs.json
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=lakerec-$DS --rdzv_backend=c10d \
-        --rdzv_endpoint=$HEAD_NODE:29500 -m lakerec.train --inputs /shared/models/<model_version>/inputs.json
-    python -m lakerec.train --inputs models/<model_version>/inputs.json    # one process, for debugging
+        --rdzv_endpoint=$HEAD_NODE:29500 -m lakerec.train --inputs /shared/models/.<model_version>.partial/inputs.json
+    python -m lakerec.train --inputs models/.<model_version>.partial/inputs.json    # one process, for debugging
 """
 from __future__ import annotations
 
