@@ -3,8 +3,7 @@
 Needs torch, pyarrow and petastorm only (no JVM, no Spark), so it runs on GPU nodes. The loop
 reads top to bottom (:func:`train_worker`): set up the rank, restore the newest checkpoint of the
 same inputs, then per epoch run it and end it (reduce, validate, checkpoint, agree on early
-stopping), then publish ``factors.npz``, ``model.pt``, ``meta.json``, rename the folder into place
-and move ``models/LATEST`` (serving models only).
+stopping), then publish the model files, ``meta.json``, rename the folder and move ``models/LATEST``.
 
 Launch commands (the train job does this for you; ``--set train.launcher=none`` leaves it to you):
     torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/.<model_version>.partial/inputs.json
