@@ -18,7 +18,7 @@ from lakerec import tables
 from lakerec.config import Config
 from lakerec.features import SPLITS, label_column
 from lakerec.metrics_spark import ranking_metrics
-from lakerec.score import catalogue, in_catalogue, popularity_model, score_users, seen_items
+from lakerec.score import catalogue, in_catalogue, popularity_model, score_users, seen_items, with_keys
 from lakerec.snapshot import Snapshot, end_of_day, previous_ds
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,10 @@ def arrivals(spark: SparkSession, cfg: Config, previous: str, ds: str) -> DataFr
     return bronze.where(after & positive).select("user_key", "item_key").distinct()
 
 
-def _keyed(spark: SparkSession, cfg: Config, snap: Snapshot, pairs: DataFrame) -> DataFrame:
-    """(user_idx, item_idx, ...) -> (user_key, item_key, ...) through ``snap``'s id maps."""
-    users = snap.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
-    items = snap.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
-    return pairs.join(users, "user_idx").join(F.broadcast(items), "item_idx").drop("user_idx", "item_idx")
-
-
 def next_day_truth(spark: SparkSession, cfg: Config, previous: Snapshot, ds: str) -> DataFrame:
     """(user_key, item_key) that arrived for ``ds``, less what each user had by ``previous``."""
-    had = _keyed(spark, cfg, previous, previous.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx"))
+    pairs = previous.read(spark, cfg, tables.SILVER_INTERACTIONS).select("user_idx", "item_idx")
+    had = with_keys(spark, cfg, previous, pairs).drop("user_idx", "item_idx")
     return arrivals(spark, cfg, previous.ds, ds).join(had, ["user_key", "item_key"], "left_anti")
 
 
@@ -72,7 +66,7 @@ def popularity_lists(spark: SparkSession, cfg: Config, snap: Snapshot, user_keys
     pop = popularity_model(snap.read(spark, cfg, tables.SERVING_EXAMPLES), n_users, n_items)
     pop = in_catalogue(pop, catalogue(spark, cfg, snap))
     ranked = score_users(seen, pop, f"popularity-{uuid.uuid4().hex}", n, cfg.score.block_size, cfg.score.threads_per_worker)
-    return _keyed(spark, cfg, snap, ranked.select("user_idx", "item_idx", "rank"))
+    return with_keys(spark, cfg, snap, ranked.select("user_idx", "item_idx", "rank")).drop("user_idx", "item_idx")
 
 
 def next_day_metrics(spark: SparkSession, cfg: Config, lists: DataFrame, ds: str, k: int = 10) -> dict[str, float]:

@@ -149,7 +149,8 @@ def catalogue(spark: SparkSession, cfg: Config, snap: Snapshot) -> np.ndarray:
     return items["item_idx"].to_numpy(np.int64)
 
 
-def _with_keys(spark: SparkSession, cfg: Config, snap: Snapshot, scored: DataFrame) -> DataFrame:
+def with_keys(spark: SparkSession, cfg: Config, snap: Snapshot, scored: DataFrame) -> DataFrame:
+    """(user_idx, item_idx, ...) rows with their user_key and item_key, through ``snap``'s id maps."""
     users = snap.read(spark, cfg, tables.ID_MAP_USERS).select(F.col("idx").alias("user_idx"), F.col("key").alias("user_key"))
     items = snap.read(spark, cfg, tables.ID_MAP_ITEMS).select(F.col("idx").alias("item_idx"), F.col("key").alias("item_key"))
     return scored.join(users, "user_idx").join(F.broadcast(items), "item_idx")
@@ -177,7 +178,7 @@ def build_recommendations(spark: SparkSession, cfg: Config, snap: Snapshot, mode
     # A fresh key: the counts change with the examples, and workers cache tensors by key.
     fallback = score_users(cold, pop, f"popularity-{uuid.uuid4().hex}", n, sc.block_size, sc.threads_per_worker)
     fallback = fallback.withColumn("reason", F.lit(FALLBACK_REASON))
-    recs = _with_keys(spark, cfg, snap, scored.unionByName(fallback))
+    recs = with_keys(spark, cfg, snap, scored.unionByName(fallback))
     return recs.select(
         F.lit(snap.ds).alias("ds"), "user_key", "rank", "item_key", "score",
         F.lit(model_dir.name).alias("model_version"), "reason",
@@ -217,7 +218,7 @@ def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, snap: Sna
     non_finite = staged.where(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf"))).count()
     if non_finite:
         failures.append(f"{non_finite} rows have non-finite scores")
-    seen_recs = _with_keys(spark, cfg, snap, seen_pairs).join(staged, ["user_key", "item_key"]).count()
+    seen_recs = with_keys(spark, cfg, snap, seen_pairs).join(staged, ["user_key", "item_key"]).count()
     if seen_recs:
         failures.append(f"{seen_recs} recommendations are items the user already has")
     unknown = staged.join(items, "item_key", "left_anti").count()
