@@ -17,19 +17,35 @@ time, oldest first (Airflow 3):
 
 A backfilled night reads its own drop (`source.path` with `{ds}`) and the bronze rows that had
 arrived by then; it never moves `models/LATEST` back and never rewrites a later night's outputs.
+
+No templated value is pasted into the bash command: the Variables and {{ ds }} reach it as
+environment variables (`env` is templated) and are used quoted, so a Variable holding `;`, `$(...)`
+or spaces stays one argument. `lakerec_submit_args` alone is deliberately left unquoted: split on
+whitespace (spaces, tabs, newlines) into spark-submit's arguments, with globbing off (`set -f`) and
+no quote removal, so an argument that itself holds a space cannot be passed there (put such a
+setting in conf/<env>.yaml under `spark.conf` instead).
 """
 import os
 from datetime import datetime, timedelta
 
-from airflow import DAG
-from airflow.operators.bash import BashOperator
+try:  # Airflow 3
+    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.operators.bash import BashOperator
 
 STAGES = ("ingest", "features", "embed", "train", "score", "evaluate")
 SUBMIT = (
-    "cd {{ var.value.lakerec_home }} && "
-    "spark-submit {{ var.value.get('lakerec_submit_args', '--packages io.delta:delta-spark_2.13:4.0.1') }} "
-    "jobs/{stage}.py --ds {{ ds }} --env {{ var.value.get('lakerec_env', 'cluster') }}"
+    'set -f && cd "$LAKEREC_HOME" && '
+    'spark-submit $LAKEREC_SUBMIT_ARGS jobs/{stage}.py --ds "$LAKEREC_DS" --env "$LAKEREC_ENV"'
 )
+ENV = {
+    "LAKEREC_HOME": "{{ var.value.lakerec_home }}",
+    "LAKEREC_SUBMIT_ARGS": "{{ var.value.get('lakerec_submit_args', '--packages io.delta:delta-spark_2.13:4.0.1') }}",
+    "LAKEREC_ENV": "{{ var.value.get('lakerec_env', 'cluster') }}",
+    "LAKEREC_DS": "{{ ds }}",
+}
 START_DATE = datetime.fromisoformat(os.environ.get("LAKEREC_START_DATE", "2026-01-01"))
 
 with DAG(
@@ -43,7 +59,8 @@ with DAG(
 ) as dag:
     previous = None
     for stage in STAGES:
-        task = BashOperator(task_id=stage, bash_command=SUBMIT.replace("{stage}", stage))
+        # append_env: the task keeps the worker's PATH, JAVA_HOME and SPARK_HOME beside these.
+        task = BashOperator(task_id=stage, bash_command=SUBMIT.replace("{stage}", stage), env=ENV, append_env=True)
         if previous is not None:
             previous >> task
         previous = task

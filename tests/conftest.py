@@ -5,11 +5,14 @@ that uses the whole-pipeline fixture is marked here), real torchrun launches, sp
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
+from lakerec import faults
 from lakerec.config import REPO_ROOT, Config, load_config
 from lakerec.synthetic import write_movielens
 
@@ -33,6 +36,23 @@ def make_config(root: Path, source: Path, *overrides: str) -> Config:
             *overrides,
         ],
     )
+
+
+def crash_at_every_write(monkeypatch: pytest.MonkeyPatch, job: str, run: Callable[[], Any],
+                         after_crash: Callable[[str], None] = lambda message: None) -> int:
+    """Run ``run`` with a crash after its 1st write, then (on what that left) after its 2nd, and so on
+    until a run gets through; ``after_crash`` checks what each crash left. Returns the job's writes."""
+    for k in itertools.count(1):
+        monkeypatch.setenv(faults.FAULT_ENV, f"{job}.write:{k}=raise")
+        try:
+            run()
+        except faults.InjectedFault as exc:
+            after_crash(str(exc))
+            continue
+        finally:
+            monkeypatch.delenv(faults.FAULT_ENV)
+        return k - 1
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")

@@ -25,20 +25,23 @@ def test_malformed_rows_are_quarantined_and_valid_rows_all_land(spark, source_co
     ratings = source_copy / "ratings.csv"
     valid = _valid_lines(ratings)
     duplicate = valid[0]
-    # a rejected row sorts before a valid one with the same key: the valid one must still land
+    # a rejected row sorts before a valid one with the same key: the valid one must still land; a
+    # valid row with the same key and another rating sorts after it: the first one is kept
     rejected_twin, valid_twin = "77777,5,-1,964982703", "77777,5,4.0,964982703"
+    conflicting_twin = "77777,5,4.5,964982703"
     with ratings.open("a") as fh:
-        fh.write("\n".join([*BAD_LINES, duplicate, rejected_twin, valid_twin]) + "\n")
+        fh.write("\n".join([*BAD_LINES, duplicate, rejected_twin, conflicting_twin, valid_twin]) + "\n")
     valid.append(valid_twin)
     cfg = make_config(tmp_path, source_copy)
 
     result = ingest.run(spark, cfg, "2026-01-01")
 
     rejects = tables.read(spark, cfg, tables.QUARANTINE_REJECTS)
-    assert rejects.where(F.col("raw_file").endswith("ratings.csv")).count() == len(BAD_LINES) + 2
+    assert rejects.where(F.col("raw_file").endswith("ratings.csv")).count() == len(BAD_LINES) + 3
     got = {(r["raw"], r["reason"]) for r in rejects.collect()}
     assert {(raw, reason) for raw, reason in BAD_LINES.items()} <= got
-    assert (duplicate, "duplicate_in_batch") in got
+    assert (duplicate, "duplicate_row") in got
+    assert (conflicting_twin, "duplicate_in_batch") in got
     assert (rejected_twin, "rating_out_of_range") in got
     assert result.rejects_by_reason["wrong_field_count"] == 2
     bronze = tables.read(spark, cfg, tables.BRONZE_INTERACTIONS)

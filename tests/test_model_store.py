@@ -1,13 +1,18 @@
 """The model folder contract: checkpoints that survive damage, a LATEST that only moves forward and\ncannot point outside models_dir, and warm starts from the previous night."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from lakerec import lifeline
 from lakerec.config import load_config
-from lakerec.model_store import (BACKTEST, LATEST_FILE, META_FILE, SERVING, checkpoint_paths, latest_model_dir,
-                                 load_checkpoint, previous_serving_model, publish_latest, save_checkpoint, warm_start)
+from lakerec.model_store import (BACKTEST, BEST_FILE, LATEST_FILE, META_FILE, SERVING, ModelLockedError, atomic_write,
+                                 checkpoint_paths, latest_model_dir, load_best, load_checkpoint, lock,
+                                 previous_serving_model, publish_latest, save_best, save_checkpoint, warm_start)
 from lakerec.models import MatrixFactorization
 
 
@@ -36,6 +41,62 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     newest.write_bytes(newest.read_bytes()[:20])  # cut short, as by a full disk
     assert load_checkpoint(tmp_path, "f")["epoch"] == 0
     assert load_checkpoint(tmp_path, "other inputs") is None
+
+
+@pytest.mark.faults
+def test_a_damaged_best_pt_publishes_the_last_epoch_instead_of_failing_every_retry(tmp_path, caplog):
+    save_best(tmp_path, {"w": torch.ones(3)})
+    assert torch.equal(load_best(tmp_path)["w"], torch.ones(3))
+    (tmp_path / BEST_FILE).write_bytes((tmp_path / BEST_FILE).read_bytes()[:20])
+    assert load_best(tmp_path) is None and "publishing the last epoch's weights" in caplog.text
+
+
+@pytest.mark.faults
+def test_a_second_run_on_a_model_version_being_trained_fails_at_once(tmp_path):
+    with lock(tmp_path, "mf-serving-2026-01-02-t5-a"):
+        with pytest.raises(ModelLockedError, match=f"being trained by another run \\(pid {os.getpid()}"):
+            with lock(tmp_path, "mf-serving-2026-01-02-t5-a"):
+                pass
+        with lock(tmp_path, "mf-serving-2026-01-02-t5-b"):  # another version trains beside it
+            pass
+    with lock(tmp_path, "mf-serving-2026-01-02-t5-a"):  # released with the first run
+        pass
+
+
+@pytest.mark.faults
+def test_writers_never_share_a_temporary_name_and_a_failed_write_leaves_the_file(tmp_path):
+    target = tmp_path / "meta.json"
+    target.write_text("good")
+    seen = []
+
+    def fails(tmp: Path) -> None:
+        seen.append(tmp.name)
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    for _ in range(2):
+        with pytest.raises(OSError):
+            atomic_write(target, fails)
+    assert target.read_text() == "good" and len(set(seen)) == 2 and str(os.getpid()) in seen[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]  # no temporary left behind
+
+
+@pytest.mark.faults
+def test_a_rank_exits_when_its_launcher_dies(tmp_path):
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    rank = subprocess.Popen(
+        [sys.executable, "-c", "import time; from lakerec import lifeline; lifeline.exit_with_launcher(0.05); "
+                               "time.sleep(600)"],
+        env={**os.environ, lifeline.LAUNCHER_ENV: str(launcher.pid)})
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            rank.wait(timeout=1)  # its launcher lives: it keeps running
+        launcher.kill()
+        launcher.wait()
+        assert rank.wait(timeout=60) == lifeline.EXIT_CODE
+    finally:
+        for proc in (launcher, rank):
+            proc.kill()
 
 
 def test_latest_must_name_a_model_folder_under_models_dir(tmp_path):

@@ -44,7 +44,7 @@ def test_airflow_dag_runs_every_job_in_pipeline_order():
     )
     assert dag_stages == tuple(name for name, _ in STAGES)
     assert all((REPO_ROOT / "jobs" / f"{name}.py").is_file() for name in dag_stages)
-    assert "--ds {{ ds }}" in source
+    assert '--ds "$LAKEREC_DS"' in source and '"LAKEREC_DS": "{{ ds }}"' in source
 
 
 def test_the_airflow_dag_does_not_catch_up_and_takes_its_start_date_from_a_setting():

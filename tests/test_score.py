@@ -125,17 +125,6 @@ def test_every_user_with_history_gets_unseen_items_in_rank_order(spark, pipeline
         assert not set(group["item_key"]) & seen_sets[user]
 
 
-def test_rerun_of_same_ds_leaves_identical_rows(spark, pipeline_run):
-    cfg, results = pipeline_run
-    before = sorted(tuple(r) for r in _recs(spark, cfg).collect())
-    total = tables.read(spark, cfg, tables.RECOMMENDATIONS).count()
-    summary = score.run(spark, cfg, PIPELINE_DS)
-    assert summary["model_version"] == results["train"][SERVING]["model_version"]  # the night's serving model
-    after = sorted(tuple(r) for r in _recs(spark, cfg).collect())
-    assert after == before
-    assert tables.read(spark, cfg, tables.RECOMMENDATIONS).count() == total
-
-
 def test_a_run_publishes_the_rows_it_staged_even_when_another_run_overwrites_staging(spark, pipeline_run,
                                                                                      monkeypatch):
     """Another score run stages its rows right after this run's write, before this run reads them back:

@@ -52,6 +52,8 @@ def _write_generic(src):
         '{"id": "song-1", "name": "First", "style": "rock;pop", "about": "loud"}\n'
         '{"id": "song-2", "name": "Second", "style": "jazz", "about": null}\n'
         '{"id": null, "name": "Orphan", "style": "", "about": ""}\n'
+        '{"id": "song-3", "name": "Third", "style": "folk", "about": "quiet"}\n'
+        '{"id": "song-4", "name": "Cut off\n'
     )
 
 
@@ -65,7 +67,8 @@ def test_generic_csv_with_mapping_and_json_items(spark, tmp_path):
     )
     result = ingest.run(spark, cfg, "2026-01-01")
     assert result.interactions_inserted == 4
-    assert result.rejects_by_reason == {"bad_weight": 1, "bad_timestamp": 1, "missing_item_key": 1}
+    assert result.rejects_by_reason == {"bad_weight": 1, "bad_timestamp": 1, "missing_item_key": 1,
+                                        "malformed_record": 1}
     bronze = {(r["user_key"], r["item_key"]): r for r in tables.read(spark, cfg, tables.BRONZE_INTERACTIONS).collect()}
     assert bronze[("bob", "song-1")]["weight"] == 7.0 and bronze[("bob", "song-1")]["rating"] is None
     assert bronze[("dave", "song-3")]["ts"] == 1706774400

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import re
 from typing import Any, Callable, Optional, Sequence
 
 from lakerec.config import Config, ConfigError, load_config
+from lakerec.redaction import redacted
 
 log = logging.getLogger("lakerec")
 
@@ -30,7 +32,7 @@ def _ds(value: str) -> str:
 def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--ds", type=_ds, default=dt.date.today().isoformat(), help="run date YYYY-MM-DD (default: today)")
-    parser.add_argument("--env", default="local", help="config environment: conf/<env>.yaml (default: local)")
+    parser.add_argument("--env", default="local", help="config environment: conf/<env>.yaml, a plain name (default: local)")
     parser.add_argument("--conf", help="extra YAML config file applied after conf/<env>.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.epochs=5 (repeatable)")
@@ -44,11 +46,13 @@ def setup_logging() -> None:
 
 
 def load(args: argparse.Namespace) -> Config:
-    """Load and validate config; exits with the key-naming message before anything is written."""
+    """Load and validate config, and log it without credentials; a bad one exits before anything is written."""
     try:
-        return load_config(args.env, args.conf, args.set)
+        cfg = load_config(args.env, args.conf, args.set)
     except ConfigError as exc:
         raise SystemExit(f"lakerec: bad config: {exc}") from None
+    log.info("config (--env %s): %s", args.env, json.dumps(redacted(cfg)))
+    return cfg
 
 
 def run_stage(stage: Callable[..., Any], description: str, argv: Optional[Sequence[str]] = None) -> Any:

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -87,9 +88,13 @@ class SourceConfig:
         "movielens_latest", "`movielens_latest` (also 25M/32M), `movielens_100k`, `movielens_1m` (also 10M), `generic`")
     path: str = setting("data/ml-latest-small", "input folder (default: the embedded ml-latest-small); "
                         "`{ds}` in it: daily drops, each night reads its own")
-    name: str = setting("ml-latest-small", "stored on every bronze row (part of the event key)")
+    name: str = setting("ml-latest-small", "on every bronze row (part of the event key): letters, digits, `_.-`")
     rating_min: float = setting(0.5, "ratings below are quarantined")
     rating_max: float = setting(5.0, "ratings above are quarantined")
+    max_field_chars: int = setting(4096, "longer fields: `field_too_long`; quarantined raw text is cut to this length")
+    max_reject_share: float = setting(0.5, "a drop rejected above this share stops the night before bronze; 1: never")
+    redelivery: Literal["first", "latest"] = setting(
+        "first", "a known event key with another rating or weight: `first` keeps the stored, `latest` takes the new")
     interactions: Optional[InteractionMapping] = setting(None, "generic only: the interactions file and its columns")
     items: Optional[ItemMapping] = setting(None, "generic only, optional: the item metadata file and its columns")
 
@@ -341,14 +346,14 @@ _RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     (("features.training_files", "embed.batch_size", "train.num_processes", "train.epochs", "train.dim",
       "train.patience", "train.batch_size", "train.validation_users", "train.reader_workers", "score.top_n",
       "score.block_size", "score.threads_per_worker", "evaluate.als.max_iter", "evaluate.als.rating_rank",
-      "nightly.warm_epochs"),
+      "nightly.warm_epochs", "source.max_field_chars"),
      lambda v: v >= 1, "must be >= 1"),
     (("features.kcore", "train.weight_decay", "train.l2", "train.max_restarts", "train.softmax_negatives",
       "train.rating_weight", "evaluate.als.rating_reg_param", "nightly.backtest_every"), lambda v: v >= 0,
      "must be >= 0"),
     (("train.lr",), lambda v: v > 0, "must be > 0"),
     (("train.recency_decay", "train.history_decay"), lambda v: v is None or v >= 0, "must be >= 0 or null"),
-    (("score.min_coverage_ratio",), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    (("score.min_coverage_ratio", "source.max_reject_share"), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
     (("embed.fields",), lambda v: bool(v) and set(v) <= {"title", "genres", "tags", "description"},
      "must be a non-empty subset of [title, genres, tags, description]"),
     (("evaluate.k",), lambda v: bool(v) and all(k >= 1 for k in v), "must be a non-empty list of ints >= 1"),
@@ -381,6 +386,8 @@ def _check_semantics(cfg: Config) -> None:
         ("features.training_files", fc.training_files >= cfg.train.num_processes,
          f"must be >= train.num_processes ({cfg.train.num_processes}): each DDP rank reads whole files"),
         ("source.rating_max", cfg.source.rating_max >= cfg.source.rating_min, "must be >= source.rating_min"),
+        ("source.name", re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.source.name) is not None,
+         f"must be letters, digits, '_', '.', '-', from a letter or digit (Delta predicates): {cfg.source.name!r}"),
         ("evaluate.als.rank", als.rank >= 1 and all(r >= 1 for r in als.tune_ranks), "must be >= 1"),
         ("evaluate.als.reg_param", als.reg_param >= 0 and all(v >= 0 for v in als.tune_reg_params),
          "must be >= 0 (and every evaluate.als.tune_reg_params)"),
@@ -408,6 +415,8 @@ def _local_path_missing(path: str) -> bool:
 
 def load_config(env: str = "local", conf_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
     """Load base + env + optional file + ``key=value`` overrides into a validated :class:`Config`."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", env):  # a path here would read any YAML on the machine
+        raise ConfigError(f"--env must be a plain name of a file under conf/ (letters, digits, _, -), got {env!r}")
     data = _read_yaml(CONF_DIR / "base.yaml")
     env_file = CONF_DIR / f"{env}.yaml"
     if not env_file.is_file():

@@ -17,7 +17,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import quality, tables
+from lakerec import faults, quality, tables
 from lakerec.config import Config, EmbedConfig, resolve_path
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def embed_texts(todo: DataFrame, ec: EmbedConfig) -> DataFrame:
     return todo.mapInPandas(embed_partition, EMBEDDED_SCHEMA)
 
 
+@faults.job("embed")
 def run(spark: SparkSession, cfg: Config, ds: str) -> EmbedResult:
     """Embed new or changed item texts and MERGE them into features.item_text_embeddings."""
     if not cfg.embed.enabled or not tables.exists(spark, cfg, tables.BRONZE_ITEMS):

@@ -24,7 +24,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import baselines, feedback, tables
+from lakerec import baselines, faults, feedback, tables
 from lakerec.config import Config
 from lakerec.features import TEST, TRAIN, VALIDATION
 from lakerec.metrics_spark import catalogue_coverage, intra_list_diversity, novelty, ranking_metrics, rating_errors
@@ -216,6 +216,7 @@ def backtest_rows(spark: SparkSession, cfg: Config, snap: Snapshot) -> list[tupl
     return [(model_dir.name, name, m, k, float(v)) for name, m, k, v in values]
 
 
+@faults.job("evaluate")
 def run(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
     """Metrics for ``ds``: the lists served the night before against what arrived since (every night
     after the first), and the backtest model beside the baselines (when due); replaces that ds in
@@ -227,6 +228,6 @@ def run(spark: SparkSession, cfg: Config, ds: str) -> list[dict]:
     rows = [{"ds": ds, "model_version": version, "model": name, "metric": m, "k": k, "value": v}
             for version, name, m, k, v in values]
     df = spark.createDataFrame(rows, tables.METRICS.schema)
-    tables.replace_where(df, cfg, tables.METRICS, f"ds = '{checked_ds(ds)}'")
+    tables.replace_where(df, cfg, tables.METRICS, tables.equals(ds=checked_ds(ds)))
     log.info("evaluate %s: %d metric rows", ds, len(rows))
     return rows

@@ -1,10 +1,8 @@
 """Features: stable id maps, silver interactions with honest splits, item/user features, training examples."""
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -52,16 +50,12 @@ def extend_id_map(existing: DataFrame | None, keys: DataFrame, ds: str) -> DataF
 
 
 def update_id_map(spark: SparkSession, cfg: Config, table: tables.Table, keys: DataFrame, ds: str) -> int:
-    """Append unseen ``keys`` to ``table``; returns how many were added."""
-    existing = tables.read(spark, cfg, table) if tables.exists(spark, cfg, table) else None
-    new = extend_id_map(existing, keys, ds).cache()
-    added = new.count()
-    if existing is None:
-        tables.overwrite(new, cfg, table)
-    elif added:
-        tables.append(new, cfg, table)
-    new.unpersist()
-    return added
+    """Append unseen ``keys`` to ``table``; returns how many were added.
+
+    Exclusive (:func:`tables.append_numbered`): two runs extending the map at once never commit the
+    same index twice or the same key twice; the later one renumbers from what the first committed.
+    """
+    return tables.append_numbered(spark, cfg, table, lambda existing: extend_id_map(existing, keys, ds))
 
 
 # ---------------------------------------------------------------- silver
@@ -248,7 +242,7 @@ def _night_inputs(spark: SparkSession, cfg: Config, ds: str) -> tuple[DataFrame,
 
 
 def _update_id_maps(spark: SparkSession, cfg: Config, bronze: DataFrame, bronze_items: DataFrame | None,
-                    ds: str, committed: Callable[[], None]) -> tuple[int, int, DataFrame, DataFrame]:
+                    ds: str) -> tuple[int, int, DataFrame, DataFrame]:
     """Extend the id maps with this night's keys; returns (new users, new items, users, catalogue).
 
     The maps are append-only and shared by every night; ``users`` and the catalogue are the rows of
@@ -259,19 +253,16 @@ def _update_id_maps(spark: SparkSession, cfg: Config, bronze: DataFrame, bronze_
     if bronze_items is not None:
         item_keys = item_keys.union(bronze_items.select(F.col("item_key").alias("key")))
     new_users = update_id_map(spark, cfg, tables.ID_MAP_USERS, user_keys, ds)
-    committed()
     new_items = update_id_map(spark, cfg, tables.ID_MAP_ITEMS, item_keys, ds)
-    committed()
     genres = (bronze_items.select(F.explode("genres").alias("key")) if bronze_items is not None
               else spark.createDataFrame([], "key string"))
     update_id_map(spark, cfg, tables.GENRE_VOCABULARY, genres, ds)
-    committed()
     users = tables.read(spark, cfg, tables.ID_MAP_USERS).join(user_keys.distinct(), "key", "left_semi")
     items = tables.read(spark, cfg, tables.ID_MAP_ITEMS).join(item_keys.distinct(), "key", "left_semi")
     return new_users, new_items, users, items
 
 
-def _write_examples(cfg: Config, silver: DataFrame, committed: Callable[[], None]) -> int:
+def _write_examples(cfg: Config, silver: DataFrame) -> int:
     """Backtest (train split) and serving (every split) examples; returns the backtest count.
 
     Hash-partitioned by user and sorted inside each file: the file set is deterministic for a given
@@ -281,36 +272,28 @@ def _write_examples(cfg: Config, silver: DataFrame, committed: Callable[[], None
     for table, splits in ((tables.TRAINING_EXAMPLES, (TRAIN,)), (tables.SERVING_EXAMPLES, SPLITS)):
         examples = training_examples(silver, splits).repartition(fc.training_files, "user_idx")
         tables.overwrite(examples.sortWithinPartitions("user_idx", "item_idx"), cfg, table)
-        committed()
     return tables.read(silver.sparkSession, cfg, tables.TRAINING_EXAMPLES).count()
 
 
+@faults.job("features")
 def run(spark: SparkSession, cfg: Config, ds: str) -> FeaturesResult:
     """Build ``ds``'s snapshot from what had arrived by its end, then commit its manifest last.
 
     A crash between commits leaves the previous manifest in force; a rerun converges to a clean run.
     """
     fc = cfg.features
-    commits = itertools.count(1)
-
-    def committed() -> None:
-        faults.inject("features.commit", next(commits))
-
     bronze, bronze_items = _night_inputs(spark, cfg, ds)
-    new_users, new_items, users, items = _update_id_maps(spark, cfg, bronze, bronze_items, ds, committed)
+    new_users, new_items, users, items = _update_id_maps(spark, cfg, bronze, bronze_items, ds)
     has_ts = bronze.where(F.col("ts").isNotNull()).limit(1).count() > 0
     tables.overwrite(build_silver(bronze, users, items, fc, has_ts), cfg, tables.SILVER_INTERACTIONS)
-    committed()
     silver = tables.read(spark, cfg, tables.SILVER_INTERACTIONS)
     train = silver.where(F.col("split") == TRAIN)
 
     vocab = [r["key"] for r in tables.read(spark, cfg, tables.GENRE_VOCABULARY).orderBy("idx").collect()]
     tables.overwrite(item_features(items, bronze_items, train, vocab), cfg, tables.ITEM_FEATURES)
-    committed()
     item_feats = tables.read(spark, cfg, tables.ITEM_FEATURES)
     tables.overwrite(user_features(users, train, item_feats, vocab, ds), cfg, tables.USER_FEATURES)
-    committed()
-    n_examples = _write_examples(cfg, silver, committed)
+    n_examples = _write_examples(cfg, silver)
     snapshot.write_manifest(spark, cfg, ds)
 
     split_sizes = {r["split"]: r["count"] for r in silver.groupBy("split").count().collect()}

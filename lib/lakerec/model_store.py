@@ -14,13 +14,16 @@ read models without pulling in the trainer.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -136,6 +139,59 @@ def partial_dir(root: Path, version: str) -> Path:
     return root / f".{version}{PARTIAL_SUFFIX}"
 
 
+class ModelLockedError(RuntimeError):
+    """Another run holds the lock of the model version this run would train."""
+
+
+@contextmanager
+def lock(root: Path, version: str) -> Iterator[Path]:
+    """Hold ``root/.<version>.lock`` while this run trains ``version``: a second run (a retry while the
+    first driver's ranks still run, a manual run beside the scheduled one) fails at once instead of
+    racing on the same folder. An OS file lock, so a driver that dies releases it with its process."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".{version}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ModelLockedError(f"{version} is being trained by another run ({handle.read().strip() or 'unknown'}; "
+                                   f"lock {path}): wait for it, or stop it, then rerun") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a temporary file named for this process beside ``path``, then rename it over ``path``:
+    a kill mid-write leaves the previous file whole, and two writers never share a temporary name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_best(model_dir: Path, state: dict[str, Any]) -> None:
+    """``best.pt``: the weights of the best validation epoch so far (atomic)."""
+    atomic_write(model_dir / BEST_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def load_best(model_dir: Path) -> Optional[dict[str, Any]]:
+    """``best.pt`` on the CPU, or None (with a warning) when it is missing or damaged: the last epoch's
+    weights are published instead of failing every retry on the same file."""
+    try:
+        return torch.load(model_dir / BEST_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        log.warning("cannot read %s (%s): publishing the last epoch's weights instead", model_dir / BEST_FILE, exc)
+        return None
+
+
 def finish(partial: Path, version: str) -> Path:
     """Rename a trained model folder into place (atomic): readers see it whole or not at all."""
     final = partial.parent / version
@@ -188,9 +244,7 @@ def save_checkpoint(model_dir: Path, epoch: int, state: dict[str, Any]) -> Path:
     folder = model_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch-{epoch:04d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+    atomic_write(path, lambda tmp: torch.save(state, tmp))  # a kill mid-write leaves the previous one intact
     for old in checkpoint_paths(model_dir)[:-CHECKPOINTS_KEPT]:
         old.unlink()
     return path
@@ -252,10 +306,7 @@ def load_model(path: Path) -> tuple[MatrixFactorization, Optional[RatingHead]]:
 
 def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
     """Write ``meta.json`` atomically: the last file of a model, the mark that it is finished."""
-    path = model_dir / META_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path)
+    atomic_write(model_dir / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
 
 
 def latest_model_dir(cfg: Config) -> Path:
@@ -289,7 +340,5 @@ def publish_latest(model_dir: Path, ds: str) -> bool:
             log.info("LATEST stays at %s (ds %s): %s is for the earlier ds %s",
                      current.name, trained_ds(current), model_dir.name, ds)
             return False
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(model_dir.name)
-    os.replace(tmp, pointer)
+    atomic_write(pointer, lambda tmp: tmp.write_text(model_dir.name))
     return True

@@ -16,7 +16,7 @@ def record(spark: SparkSession, cfg: Config, ds: str, stage: str, metrics: dict[
     """Replace ``stage``'s quality rows for ``ds`` with ``metrics``."""
     rows = [(ds, stage, name, float(value)) for name, value in sorted(metrics.items())]
     df = spark.createDataFrame(rows, tables.DATA_QUALITY.schema)
-    tables.replace_where(df, cfg, tables.DATA_QUALITY, f"ds = '{ds}' AND stage = '{stage}'")
+    tables.replace_where(df, cfg, tables.DATA_QUALITY, tables.equals(ds=ds, stage=stage))
 
 
 def report(spark: SparkSession, cfg: Config, ds: str) -> str:

@@ -21,7 +21,7 @@ from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import tables
+from lakerec import faults, tables
 from lakerec.config import Config
 from lakerec.features import SPLITS, TRAIN
 from lakerec.models import FactorModel, top_n_block
@@ -241,6 +241,7 @@ def _coverage_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: 
             f"{prev_cov} on {last_ds} (score.min_coverage_ratio)"]
 
 
+@faults.job("score")
 def run(spark: SparkSession, cfg: Config, ds: str, model_dir: Path | None = None) -> dict:
     """Score every user of ``ds`` with that night's serving model and publish, or fail leaving serving untouched."""
     snap = Snapshot.load(spark, cfg, ds)
@@ -258,7 +259,7 @@ def run(spark: SparkSession, cfg: Config, ds: str, model_dir: Path | None = None
             + f". Serving keeps its previous output; the rejected rows are in {tables.STAGING_RECOMMENDATIONS.path(cfg)}"
             + f" at version {staged_version}"
         )
-    tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, f"ds = '{checked_ds(ds)}'")
+    tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, tables.equals(ds=checked_ds(ds)))
     summary = {
         "ds": ds,
         "model_version": model_dir.name,

@@ -64,7 +64,7 @@ def write_manifest(spark: SparkSession, cfg: Config, ds: str) -> dict[str, int]:
     versions = {t.qualified: tables.version(spark, cfg, t) for t in SNAPSHOT_TABLES}
     rows = [(ds, name, version) for name, version in versions.items()]
     tables.replace_where(spark.createDataFrame(rows, tables.MANIFEST.schema), cfg, tables.MANIFEST,
-                         f"ds = '{checked_ds(ds)}'")
+                         tables.equals(ds=checked_ds(ds)))
     return versions
 
 

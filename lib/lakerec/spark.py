@@ -8,6 +8,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from lakerec.config import Config, resolve_path
+from lakerec.redaction import SECRET_NAME
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +21,9 @@ MAVEN_HINT = (
 )
 
 
-def build_spark(cfg: Config) -> SparkSession:
-    """Return the active SparkSession, creating one with Delta Lake and Arrow configured.
-
-    Under spark-submit the JVM already exists: the master and jars come from the command line
-    (``--packages io.delta:delta-spark_2.13:4.0.1``), and the SQL settings below still apply.
-    """
+def session_settings(cfg: Config) -> dict[str, str]:
+    """Every Spark setting lakerec sets: Delta, Arrow, UTC, redaction, then ``spark.conf`` over them."""
     sc = cfg.spark
-    # Python workers must run the interpreter that runs the driver (the project's venv).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(sc.app_name)
-    if sc.master:
-        builder = builder.master(sc.master)
     settings = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -45,13 +37,30 @@ def build_spark(cfg: Config) -> SparkSession:
         "spark.databricks.delta.snapshotPartitions": "2",
         # Delta's own schema checks are the contract; never let a write silently add columns.
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # The Spark UI and event logs hide the values of the keys lakerec redacts (Azure account keys too).
+        "spark.redaction.regex": SECRET_NAME,
     }
     if sc.delta_jars:
         settings["spark.jars"] = ",".join(resolve_path(j) for j in sc.delta_jars)
     else:
         settings["spark.jars.packages"] = sc.delta_package
     settings.update(sc.conf)
-    for key, value in settings.items():
+    return settings
+
+
+def build_spark(cfg: Config) -> SparkSession:
+    """Return the active SparkSession, creating one with Delta Lake and Arrow configured.
+
+    Under spark-submit the JVM already exists: the master and jars come from the command line
+    (``--packages io.delta:delta-spark_2.13:4.0.1``), and the SQL settings still apply.
+    """
+    sc = cfg.spark
+    # Python workers must run the interpreter that runs the driver (the project's venv).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(sc.app_name)
+    if sc.master:
+        builder = builder.master(sc.master)
+    for key, value in session_settings(cfg).items():
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()

@@ -6,9 +6,16 @@ the DataFrame to the declared schema first, so a stage cannot silently change a 
 from __future__ import annotations
 
 import logging
+import random
+import time
+import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
+import delta.exceptions.captured  # noqa: F401  (turns Delta's commit conflicts into the Python classes below)
+from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+                              ConcurrentTransactionException, ConcurrentWriteException,
+                              DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,9 +30,19 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from lakerec import faults
 from lakerec.config import Config, resolve_path
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# A commit that lost to a concurrent writer's commit: safe to redo when the write is idempotent.
+CONFLICTS = (
+    ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+    ConcurrentTransactionException, ConcurrentWriteException, DeltaConcurrentModificationException,
+    MetadataChangedException, ProtocolChangedException,
+)
+CONFLICT_ATTEMPTS = 5
 
 # Column names the evaluation shares with these tables, declared once (metrics take them as overrides).
 USER_IDX = "user_idx"
@@ -278,7 +295,7 @@ def _apply_properties(spark: SparkSession, table: Table, path: str) -> None:
     missing = [(k, v) for k, v in table.properties if current.get(k) != v]
     if missing:
         assignments = ", ".join(f"'{k}' = '{v}'" for k, v in missing)
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})")
+        spark.sql(f"ALTER TABLE delta.{quoted_name(path)} SET TBLPROPERTIES ({assignments})")
 
 
 def _writer(df: DataFrame, cfg: Config, table: Table):
@@ -289,6 +306,24 @@ def _writer(df: DataFrame, cfg: Config, table: Table):
     return writer
 
 
+def retrying(what: str, write: Callable[[], T]) -> T:
+    """Run an idempotent ``write``; when a concurrent writer's commit conflicts with it, pause (growing,
+    jittered) and run it again, at most :data:`CONFLICT_ATTEMPTS` times, then fail naming the table."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return write()
+        except CONFLICTS as exc:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise RuntimeError(
+                    f"{what}: {attempt} attempts lost to concurrent writers ({type(exc).__name__}); "
+                    "is another lakerec run writing this warehouse?") from exc
+            pause = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            log.warning("%s: a concurrent commit conflicted (%s); attempt %d of %d in %.1fs",
+                        what, type(exc).__name__, attempt + 1, CONFLICT_ATTEMPTS, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def overwrite(df: DataFrame, cfg: Config, table: Table, tag: Optional[str] = None) -> None:
     """Replace the whole table in one atomic commit, schema included.
 
@@ -296,10 +331,14 @@ def overwrite(df: DataFrame, cfg: Config, table: Table, tag: Optional[str] = Non
     (e.g. before a column was added) takes the current schema instead of failing the write. A
     ``tag`` is stored with the commit (Delta ``userMetadata``): :func:`tagged_version` finds it again.
     """
-    writer = _writer(df, cfg, table).mode("overwrite").option("overwriteSchema", "true")
-    if tag is not None:
-        writer = writer.option("userMetadata", tag)
-    writer.save(table.path(cfg))
+    def write() -> None:
+        writer = _writer(df, cfg, table).mode("overwrite").option("overwriteSchema", "true")
+        if tag is not None:
+            writer = writer.option("userMetadata", tag)
+        writer.save(table.path(cfg))
+
+    retrying(table.qualified, write)
+    faults.wrote(table.qualified)
 
 
 def tagged_version(spark: SparkSession, cfg: Config, table: Table, tag: str) -> int:
@@ -311,13 +350,68 @@ def tagged_version(spark: SparkSession, cfg: Config, table: Table, tag: str) -> 
     return int(row[0])
 
 
+def sql_string(value: str) -> str:
+    """``value`` as a quoted SQL string literal, so no value can widen the predicate it is placed in."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quoted_name(name: str) -> str:
+    """``name`` (a column, or a table path) as a backquoted SQL identifier, backquotes in it doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def equals(**columns: str) -> str:
+    """A ``replaceWhere`` predicate ``a = 'x' AND b = 'y'`` with every name and value escaped."""
+    return " AND ".join(f"{quoted_name(name)} = {sql_string(value)}" for name, value in columns.items())
+
+
 def replace_where(df: DataFrame, cfg: Config, table: Table, predicate: str) -> None:
     """Atomically replace the rows matching ``predicate`` (e.g. one ``ds``): reruns never duplicate."""
-    _writer(df, cfg, table).mode("overwrite").option("replaceWhere", predicate).save(table.path(cfg))
+    retrying(table.qualified, lambda: _writer(df, cfg, table).mode("overwrite").option("replaceWhere", predicate)
+             .save(table.path(cfg)))
+    faults.wrote(table.qualified)
 
 
-def append(df: DataFrame, cfg: Config, table: Table) -> None:
-    _writer(df, cfg, table).mode("append").save(table.path(cfg))
+def append_numbered(spark: SparkSession, cfg: Config, table: Table,
+                    new_rows: Callable[[Optional[DataFrame]], DataFrame]) -> int:
+    """Append ``new_rows(current)``, rows numbered from what ``table`` holds (an id map), exclusively.
+
+    ``current`` is the table as of one version (None before its first write). The append commits
+    with Delta's idempotent-write transaction (``txnAppId``, ``txnVersion`` = that version + 1), so
+    when another writer extended the table after that version, this write conflicts or is skipped,
+    never committed beside it; the rows are then derived again from the newer version. Returns how
+    many rows were appended.
+    """
+    app_id = f"lakerec:{table.qualified}"
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        current = version(spark, cfg, table) if exists(spark, cfg, table) else None
+        rows = conform(new_rows(None if current is None else read(spark, cfg, table, current)), table).cache()
+        try:
+            count = rows.count()
+            if not count and current is not None:
+                return 0
+            token = f"{app_id}:{uuid.uuid4()}"
+            try:
+                (_writer(rows, cfg, table).mode("append").option("txnAppId", app_id)
+                 .option("txnVersion", 0 if current is None else current + 1)
+                 .option("userMetadata", token).save(table.path(cfg)))
+            except CONFLICTS as exc:
+                log.warning("%s: a concurrent writer extended it (%s); renumbering", table.qualified, type(exc).__name__)
+                continue
+        finally:
+            rows.unpersist()
+        if _committed(spark, cfg, table, token):
+            faults.wrote(table.qualified)
+            return count
+        log.warning("%s: another writer extended it since version %s; renumbering", table.qualified, current)
+    raise RuntimeError(f"{table.qualified}: {CONFLICT_ATTEMPTS} attempts to extend it lost to concurrent writers; "
+                       "is another lakerec run writing this warehouse?")
+
+
+def _committed(spark: SparkSession, cfg: Config, table: Table, token: str) -> bool:
+    """Whether a commit tagged ``token`` is among the table's last few (a skipped write left none)."""
+    recent = DeltaTable.forPath(spark, table.path(cfg)).history(CONFLICT_ATTEMPTS * 4)
+    return recent.where(F.col("userMetadata") == token).limit(1).count() > 0
 
 
 def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, update: bool = False) -> int:
@@ -328,9 +422,14 @@ def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, 
     columns (item metadata). Creates the table on first use. The count comes from this merge's own
     result, not the table history, which another writer may have moved on.
     """
+    count = retrying(table.qualified, lambda: _merge(spark, df, cfg, table, update))
+    faults.wrote(table.qualified)
+    return count
+
+
+def _merge(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, update: bool) -> int:
     if not exists(spark, cfg, table):
-        df = conform(df, table)
-        df.cache()
+        df = conform(df, table).cache()
         count = df.count()
         _writer(df, cfg, table).mode("append").save(table.path(cfg))
         df.unpersist()
@@ -340,7 +439,8 @@ def merge_insert(spark: SparkSession, df: DataFrame, cfg: Config, table: Table, 
     if "ingest_ds" in table.schema.fieldNames():
         merge = merge.whenMatchedUpdate("s.ingest_ds < t.ingest_ds", {"ingest_ds": "s.ingest_ds"})
     if update:
-        later = {f"`{f.name}`": f"s.`{f.name}`" for f in table.schema.fields if f.name != "ingest_ds"}
-        merge = merge.whenMatchedUpdate(set=later)
+        later = [f.name for f in table.schema.fields if f.name not in ("ingest_ds", *table.key)]
+        changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in later)  # unchanged rows are not rewritten
+        merge = merge.whenMatchedUpdate(changed, {f"`{c}`": f"s.`{c}`" for c in later})
     metrics = merge.whenNotMatchedInsertAll().execute().first()
     return int(metrics["num_inserted_rows"]) if metrics is not None else 0

@@ -6,20 +6,26 @@ folder becomes a local store: an SQLite database ``mlflow.db`` and the artifacts
 3.x); any URI such as ``http://host:5000`` or ``databricks`` is used as-is. The mlflow package is
 imported only then (``pip install 'lakerec[mlflow]'``): workers without it train as before. A
 resumed run continues the MLflow run its checkpoint names instead of opening another.
+
+Credentials belong in MLflow's own ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD``. One written into the URI is hidden from the params, the logs and the
+logged ``inputs.json`` / ``meta.json``, but stays in the model folder's ``inputs.json`` for the workers.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from lakerec import model_store
 from lakerec.config import TrainConfig, resolve_path
+from lakerec.redaction import redacted
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = (model_store.MODEL_FILE, model_store.FACTORS_FILE, model_store.RATING_HEAD_FILE,
-               model_store.META_FILE, model_store.INPUTS_FILE)
+MODEL_FILES = (model_store.MODEL_FILE, model_store.FACTORS_FILE, model_store.RATING_HEAD_FILE)
+JSON_FILES = (model_store.META_FILE, model_store.INPUTS_FILE)  # logged redacted: inputs.json holds the real URI
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 
@@ -59,8 +65,8 @@ class Tracker:
         run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name)
         self.run_id = run.info.run_id
         if run_id is None:
-            mlflow.log_params({k: v for k, v in params.items() if v is not None})
-        log.info("MLflow run %s in %s", self.run_id, mlflow.get_tracking_uri())
+            mlflow.log_params({k: v for k, v in redacted(params).items() if v is not None})
+        log.info("MLflow run %s in %s", self.run_id, redacted(mlflow.get_tracking_uri()))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.run_id is not None:
@@ -69,7 +75,7 @@ class Tracker:
             mlflow.log_metrics(metrics, step=epoch)
 
     def finish(self, model_dir: Path, metrics: dict[str, float]) -> None:
-        """Log the final metrics and the model files, and close the run."""
+        """Log the final metrics and the model files (the JSON ones without credentials), and close the run."""
         if self.run_id is None:
             return
         import mlflow
@@ -78,4 +84,7 @@ class Tracker:
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 mlflow.log_artifact(str(model_dir / name), artifact_path="model")
+        for name in JSON_FILES:
+            if (model_dir / name).is_file():
+                mlflow.log_dict(redacted(json.loads((model_dir / name).read_text())), f"model/{name}")
         mlflow.end_run()

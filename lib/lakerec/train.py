@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
-from lakerec import model_store, validation
+from lakerec import lifeline, model_store, validation
 from lakerec.config import Config, resolve_path
 from lakerec.data import count_rows
 from lakerec.model_store import BACKTEST, INPUTS_FILE, META_FILE, SERVING, TrainInputs, model_version, resolved_train
@@ -139,6 +139,7 @@ def launch(cfg: Config, inputs_path: Path) -> None:
     ranks could hang connecting to each other (seen here under load), a fresh torchrun does not.
     """
     n, restarts = cfg.train.num_processes, cfg.train.max_restarts
+    lifeline.mark_launcher()  # the ranks exit should this process die
     for attempt in range(restarts + 1):
         os.environ[RESTARTS_ENV] = str(attempt)  # recorded in meta.json by rank 0
         try:
@@ -171,6 +172,13 @@ def train_role(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "sn
     from lakerec import snapshot
 
     version = model_version(cfg, ds, role, snap.version(snapshot.examples_table(role)))
+    with model_store.lock(model_store.models_root(cfg), version):
+        return _train_locked(spark, cfg, ds, role, snap, version)
+
+
+def _train_locked(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snapshot.Snapshot",
+                  version: str) -> dict:
+    """:func:`train_role` while this run holds ``version``'s lock."""
     finished = model_store.models_root(cfg) / version
     if (finished / META_FILE).is_file():
         log.info("%s is already trained: not retraining it (a finished model is never rewritten)", version)

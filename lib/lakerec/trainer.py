@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lakerec import faults, model_store, validation
+from lakerec import faults, lifeline, model_store, redaction, validation
 from lakerec.config import TrainConfig
 from lakerec.data import ShortEpochError, iterate_batches, read_columns
 from lakerec.model_store import TrainInputs
@@ -368,7 +368,7 @@ class Trainer:
         score = self.history[-1]["val_ndcg"] = validation.ndcg(export_factors(self.model, self.inputs), self.val)
         if score > self.best["ndcg"]:
             self.best = {"loss": loss, "ndcg": score, "epoch": epoch}
-            torch.save(self.objective.state_dict(), self.model_dir / model_store.BEST_FILE)
+            model_store.save_best(self.model_dir, self.objective.state_dict())
         return epoch - self.best["epoch"] >= self.tc.patience
 
     def _checkpoint(self, epoch: int, per_rank: list[dict[str, Any]]) -> None:
@@ -376,7 +376,7 @@ class Trainer:
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "rating_head": self.head.state_dict() if self.head is not None else None,
             "negatives": [r["negatives"] for r in per_rank], "torch_rng": [r["torch_rng"] for r in per_rank],
-            "history": self.history, "best": self.best, "train": self.inputs.train,
+            "history": self.history, "best": self.best, "train": redaction.redacted(self.inputs.train),
             "table_version": self.inputs.table_version, "fingerprint": self.fingerprint,
             "mlflow_run_id": self.tracker.run_id,
         })
@@ -393,9 +393,8 @@ class Trainer:
         ``models/LATEST`` to a serving model (forward only)."""
         digests = self.place.gather(weights_digest(self.model))
         if self.place.leader:
-            if self.val is not None:  # publish the best validation epoch, not the last one
-                best = torch.load(self.model_dir / model_store.BEST_FILE, map_location=self.place.device,
-                                  weights_only=True)
+            best = model_store.load_best(self.model_dir) if self.val is not None else None
+            if best is not None:  # publish the best validation epoch, not the last one
                 self.objective.load_state_dict(best)
             export_factors(self.model, self.inputs).save(self.model_dir / model_store.FACTORS_FILE)
             head_path = self.model_dir / model_store.RATING_HEAD_FILE
@@ -403,7 +402,7 @@ class Trainer:
                 RatingPredictor.from_head(self.head).save(head_path)
             else:
                 head_path.unlink(missing_ok=True)
-            model_store.save_model(self.model_dir / model_store.MODEL_FILE, self.model, self.head, self.inputs.train)
+            model_store.save_model(self.model_dir / model_store.MODEL_FILE, self.model, self.head, redaction.redacted(self.inputs.train))
             meta = self._meta(digests)
             model_store.write_meta(self.model_dir, meta)
             self.tracker.finish(self.model_dir, {
@@ -424,7 +423,7 @@ class Trainer:
             "device": str(self.place.device),
             "table_version": self.inputs.table_version,
             "input_versions": self.inputs.input_versions,
-            "train": self.inputs.train,
+            "train": redaction.redacted(self.inputs.train),
             "history": self.history,
             "final_loss": self.history[-1]["loss"],
             "best": self.best,
@@ -439,6 +438,7 @@ class Trainer:
 
 def train_worker(inputs_path: str) -> None:
     """One DDP rank, start to finish: set up, restore, train epoch by epoch, publish."""
+    lifeline.exit_with_launcher()
     place = set_up_rank()
     trainer = Trainer(TrainInputs.load(inputs_path), place)
     trainer.restore()
