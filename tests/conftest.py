@@ -41,7 +41,7 @@ def make_config(root: Path, source: Path, *overrides: str) -> Config:
 def crash_at_every_write(monkeypatch: pytest.MonkeyPatch, job: str, run: Callable[[], Any],
                          after_crash: Callable[[str], None] = lambda message: None) -> int:
     """Run ``run`` with a crash after its 1st write, then (on what that left) after its 2nd, and so on
-    until a run gets through; ``after_crash`` checks what each crash left. Returns the job's writes."""
+    until a run gets through; ``after_crash`` checks what each crash left. Returns how many crashed."""
     for k in itertools.count(1):
         monkeypatch.setenv(faults.FAULT_ENV, f"{job}.write:{k}=raise")
         try:
@@ -53,6 +53,26 @@ def crash_at_every_write(monkeypatch: pytest.MonkeyPatch, job: str, run: Callabl
             monkeypatch.delenv(faults.FAULT_ENV)
         return k - 1
     raise AssertionError("unreachable")
+
+
+def crash_at_each_new_write(monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> list[str]:
+    """For a job that resumes (it skips the writes it had finished, so a write's index moves): each
+    rerun crashes after the first write it has not crashed after before, until one gets through.
+    Returns the writes in the order they crashed."""
+    crashed: list[str] = []
+
+    def wrote(what: str) -> None:
+        if what not in crashed:
+            crashed.append(what)
+            raise faults.InjectedFault(f"stopped after writing {what}")
+
+    monkeypatch.setattr(faults, "wrote", wrote)
+    while True:
+        try:
+            run()
+            return crashed
+        except faults.InjectedFault:
+            continue
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,7 @@ def test_every_user_with_history_gets_unseen_items_in_rank_order(spark, pipeline
         assert group["item_key"].nunique() == owed
         assert (np.diff(group["score"].to_numpy()) <= 0).all()
         assert not set(group["item_key"]) & seen_sets[user]
+    assert score.gate_failures(spark, cfg, _recs(spark, cfg), snap) == []  # what the gate's defect cases start from
 
 
 def test_a_run_publishes_the_rows_it_staged_even_when_another_run_overwrites_staging(spark, pipeline_run,
@@ -307,7 +308,6 @@ def _infinite_score(spark, cfg, recs):
 def test_publish_gate_names_each_defect_of_otherwise_good_output(spark, pipeline_run, defect, message):
     cfg, _ = pipeline_run
     snap = _snap(spark, cfg)
-    good = _recs(spark, cfg)
-    assert score.gate_failures(spark, cfg, good, snap) == []
+    good = _recs(spark, cfg)  # passes the gate (test_every_user_with_history_gets_unseen_items_in_rank_order)
     failures = score.gate_failures(spark, cfg, defect(spark, cfg, good), snap)
     assert any(message in f for f in failures), failures

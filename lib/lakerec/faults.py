@@ -7,8 +7,9 @@ SIGKILL, not an exception: nothing gets to clean up, as in a real crash. A drive
 in the test process itself takes ``=raise`` (``features.write:3=raise``): :class:`InjectedFault`
 stops the job at that point, which leaves the tables exactly as a kill there would.
 
-Every Delta write counts as ``<job>.write`` (see :func:`job` and :func:`wrote`), so a test can stop
-a job after its k-th write for every k without naming the writes.
+Every Delta write, and every model file a training rank renames into place, counts as ``<job>.write``
+(see :func:`job` and :func:`wrote`), so a test can stop a job after its k-th write for every k
+without naming the writes.
 """
 from __future__ import annotations
 

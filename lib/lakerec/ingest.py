@@ -68,10 +68,6 @@ def _blank_to_null(col: Column) -> Column:
     return F.when(trimmed == "", None).otherwise(trimmed)
 
 
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 # ---------------------------------------------------------------- readers: format -> raw strings
 
 def split_lines(lines: DataFrame, separator: str, n_fields: int) -> DataFrame:
@@ -131,7 +127,7 @@ def _project(df: DataFrame, raw: Column, shape_error: Column, wanted: dict[str, 
         raise ValueError(f"{where}: columns {missing} not in the file (found {df.columns})")
     return df.select(
         raw.alias("raw"), F.input_file_name().alias("raw_file"), shape_error.alias("shape_error"),
-        *[(F.col(_quoted(c)).cast("string") if c else F.lit(None).cast("string")).alias(a) for a, c in wanted.items()],
+        *[(F.col(tables.quoted_name(c)).cast("string") if c else F.lit(None).cast("string")).alias(a) for a, c in wanted.items()],
     )
 
 
@@ -140,9 +136,9 @@ def _read_csv(spark: SparkSession, files: list[str], m: InteractionMapping | Ite
     """CSV files that share one header (or have none), by that header's column names."""
     opts = {"sep": m.separator, "header": str(m.header).lower(), "encoding": m.encoding}
     columns = spark.read.options(**opts).csv(files[0]).columns
-    schema = ", ".join(f"{_quoted(c)} string" for c in columns) + f", {CORRUPT} string"
+    schema = ", ".join(f"{tables.quoted_name(c)} string" for c in columns) + f", {CORRUPT} string"
     df = spark.read.options(**opts, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT).schema(schema).csv(files)
-    raw = F.coalesce(F.col(CORRUPT), F.concat_ws(m.separator, *[F.coalesce(F.col(_quoted(c)), F.lit("")) for c in columns]))
+    raw = F.coalesce(F.col(CORRUPT), F.concat_ws(m.separator, *[F.coalesce(F.col(tables.quoted_name(c)), F.lit("")) for c in columns]))
     return _project(df, raw, F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong_field_count")), wanted, f"{key} {files[0]}")
 
 
@@ -157,7 +153,7 @@ def _read_table(spark: SparkSession, paths: list[Path], m: InteractionMapping | 
         return functools.reduce(DataFrame.unionByName, [_read_csv(spark, group, m, wanted, key) for group in groups])
     df = spark.read.parquet(*map(str, paths)) if m.type == "parquet" else spark.read.json([str(p) for p in paths])
     columns = [c for c in df.columns if c != CORRUPT]
-    raw = F.to_json(F.struct(*[F.col(_quoted(c)) for c in columns]))
+    raw = F.to_json(F.struct(*[F.col(tables.quoted_name(c)) for c in columns]))
     if CORRUPT not in df.columns:
         return _project(df, raw, F.lit(None).cast("string"), wanted, key)
     return _project(df, F.coalesce(F.col(CORRUPT), raw), F.when(F.col(CORRUPT).isNotNull(), F.lit("malformed_record")),

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from lakerec import faults
 from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.models import MatrixFactorization, RatingHead, TwoTower
 
@@ -175,6 +176,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    faults.wrote(path.name)
 
 
 def save_best(model_dir: Path, state: dict[str, Any]) -> None:
@@ -196,6 +198,7 @@ def finish(partial: Path, version: str) -> Path:
     """Rename a trained model folder into place (atomic): readers see it whole or not at all."""
     final = partial.parent / version
     os.replace(partial, final)
+    faults.wrote(version)
     return final
 
 
@@ -272,7 +275,7 @@ def load_checkpoint(model_dir: Path, fingerprint: str) -> Optional[dict[str, Any
 
 def save_model(path: Path, model: MatrixFactorization, head: Optional[RatingHead], train: dict[str, Any]) -> None:
     """``model.pt``: what :func:`load_model` needs to rebuild the trained model, history included."""
-    torch.save({
+    atomic_write(path, lambda tmp: torch.save({
         "kind": "two_tower" if isinstance(model, TwoTower) else "mf",
         "n_users": model.user.num_embeddings,
         "n_items": model.item.num_embeddings,
@@ -281,7 +284,7 @@ def save_model(path: Path, model: MatrixFactorization, head: Optional[RatingHead
         "history": model.history_state() if model.has_history else None,
         "rating_head": head.state_dict() if head is not None else None,
         "train": train,
-    }, path)
+    }, tmp))
 
 
 def load_model(path: Path) -> tuple[MatrixFactorization, Optional[RatingHead]]:
@@ -336,6 +339,8 @@ def publish_latest(model_dir: Path, ds: str) -> bool:
     pointer = model_dir.parent / LATEST_FILE
     if pointer.is_file():
         current = model_dir.parent / pointer.read_text().strip()
+        if current == model_dir:
+            return True
         if trained_ds(current) > ds:
             log.info("LATEST stays at %s (ds %s): %s is for the earlier ds %s",
                      current.name, trained_ds(current), model_dir.name, ds)

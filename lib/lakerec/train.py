@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
-from lakerec import lifeline, model_store, validation
+from lakerec import faults, lifeline, model_store, validation
 from lakerec.config import Config, resolve_path
 from lakerec.data import count_rows
 from lakerec.model_store import BACKTEST, INPUTS_FILE, META_FILE, SERVING, TrainInputs, model_version, resolved_train
@@ -199,6 +199,7 @@ def _train_locked(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: 
     return meta
 
 
+@faults.job("train")
 def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
     """Train ``ds``'s models: the backtest model when due (``nightly.backtest_every``), then the
     serving model. Returns each one's meta.json contents by role."""

@@ -415,9 +415,7 @@ class Trainer:
 
     def _meta(self, digests: list[str]) -> dict[str, Any]:
         return {
-            "model_version": self.inputs.model_version,
-            "ds": self.inputs.ds,
-            "role": self.inputs.role,
+            "model_version": self.inputs.model_version, "ds": self.inputs.ds, "role": self.inputs.role,
             "warm_start": self.inputs.warm_start,
             "world_size": self.place.world_size,
             "device": str(self.place.device),
@@ -436,6 +434,7 @@ class Trainer:
         }
 
 
+@faults.job("train")
 def train_worker(inputs_path: str) -> None:
     """One DDP rank, start to finish: set up, restore, train epoch by epoch, publish."""
     lifeline.exit_with_launcher()
