@@ -52,7 +52,7 @@ def test_env_that_is_not_a_plain_name_is_rejected_before_any_file_is_read(env, m
     def no_read(path):
         raise AssertionError(f"read {path} before checking --env")
 
-    monkeypatch.setattr(config_module, "_read_yaml", no_read)
+    monkeypatch.setattr(config_module, "read_yaml", no_read)
     with pytest.raises(ConfigError, match="--env"):
         load_config(env)
 

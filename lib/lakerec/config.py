@@ -6,26 +6,20 @@ The dataclasses hold every default and its meaning: ``python -m lakerec.readme``
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-import yaml
+from lakerec import yamlconf
+from lakerec.yamlconf import ConfigError, Setting, apply_set, build, deep_merge, read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DS_FIELD = "{ds}"  # in source.path or a source file pattern: the night's run date
 CONF_DIR = REPO_ROOT / "conf"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, always naming the offending key."""
 
 
 def setting(default: Any = None, doc: str = "", *, factory: Optional[Callable[[], Any]] = None) -> Any:
@@ -178,6 +172,34 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class SegmentConfig:
+    """User segments: k-means on each user's profile (serving-model vector + text embeddings of their items)."""
+
+    enabled: bool = setting(True, "write `features/user_segments` and `features/segment_profiles` each night")
+    k: Optional[int] = setting(None, "number of segments; null: the `k_grid` value with the best silhouette")
+    k_grid: list[int] = setting(factory=lambda: [4, 6, 8, 10, 12], doc="candidate k when `k` is null")
+    text_half_life_days: float = setting(
+        180.0, "an item's text embedding weighs half as much in its user's profile this many days before their latest")
+    max_iter: int = setting(30, "k-means iterations")
+    seed: int = setting(42, "k-means seed")
+    profile_items: int = setting(10, "top items, genres and titles kept per segment in `features/segment_profiles`")
+
+
+@dataclass(frozen=True)
+class ColdStartConfig:
+    """Lists for users the serving model has no vector for, and items nobody has interacted with yet."""
+
+    users: Literal["fold_in", "segment", "blend"] = setting(
+        "blend", "a user with history but no model vector: `fold_in` (their items' vectors, as the model's history "
+                 "term), `segment` (their segment's popular items) or `blend` (both); chosen by `make bench-quality`")
+    blend_weight: float = setting(0.5, "`blend`: weight of the fold-in scores; the rest goes to the segment's")
+    light_user_positives: int = setting(
+        0, "users with at most this many positives are served as cold too (0: only users the model has not seen)")
+    items: bool = setting(True, "items with no interactions get vectors mapped from their content (text, genres)")
+    content_l2: float = setting(10.0, "ridge penalty of the content -> item vector mapping, fitted on warm items")
+
+
+@dataclass(frozen=True)
 class AlsConfig:
     """Spark MLlib ALS baselines: implicit for ranking, explicit for rating error (RMSE/MAE)."""
 
@@ -237,105 +259,8 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
-
-
-def _unwrap_optional(hint: Any) -> Any:
-    """The type inside ``Optional[...]``; any other hint unchanged."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-def _with_map_keys_joined(parts: list[str]) -> list[str]:
-    """Below a mapping field the rest of a dotted key is one map key (``spark.conf.spark.executor.memory``)."""
-    cls: Any = Config
-    for i, part in enumerate(parts[:-1]):
-        hint = _unwrap_optional(typing.get_type_hints(cls).get(part)) if dataclasses.is_dataclass(cls) else None
-        if typing.get_origin(hint) is dict:
-            return parts[: i + 1] + [".".join(parts[i + 1 :])]
-        if not dataclasses.is_dataclass(hint):
-            return parts
-        cls = hint
-    return parts
-
-
-def _apply_set(data: dict, assignment: str) -> dict:
-    if "=" not in assignment:
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    dotted, raw = assignment.split("=", 1)
-    node: dict = {}
-    leaf = node
-    parts = _with_map_keys_joined(dotted.strip().split("."))
-    for part in parts[:-1]:
-        leaf[part] = {}
-        leaf = leaf[part]
-    leaf[parts[-1]] = yaml.safe_load(raw)
-    return _deep_merge(data, node)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the type ``hint``; return it converted to the declared form."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return None if value is None and type(None) in args else _coerce(value, _unwrap_optional(hint), key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        return _build(hint, value, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        for k, v in value.items():
-            if isinstance(v, (dict, list)) or v is None:
-                raise ConfigError(f"config key '{key}.{k}' must be a single value, got {v!r}")
-        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-    if hint in (bool, int, float, str):
-        accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str, int, float)}[hint]
-        if not isinstance(value, accepted) or (isinstance(value, bool) and hint is not bool):
-            what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
-            raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
-        return hint(value)
-    raise ConfigError(f"config key '{key}' has an unsupported type {hint}")
-
-
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' "
-                          f"(known keys under '{prefix or '<top>'}': {sorted(names)})")
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
-    return cls(**kwargs)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 
 # Ranges of single keys: (keys, test of the value, what the message says the value must be).
@@ -346,14 +271,17 @@ _RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     (("features.training_files", "embed.batch_size", "train.num_processes", "train.epochs", "train.dim",
       "train.patience", "train.batch_size", "train.validation_users", "train.reader_workers", "score.top_n",
       "score.block_size", "score.threads_per_worker", "evaluate.als.max_iter", "evaluate.als.rating_rank",
-      "nightly.warm_epochs", "source.max_field_chars"),
+      "nightly.warm_epochs", "source.max_field_chars", "segment.max_iter", "segment.profile_items"),
      lambda v: v >= 1, "must be >= 1"),
     (("features.kcore", "train.weight_decay", "train.l2", "train.max_restarts", "train.softmax_negatives",
-      "train.rating_weight", "evaluate.als.rating_reg_param", "nightly.backtest_every"), lambda v: v >= 0,
+      "train.rating_weight", "evaluate.als.rating_reg_param", "nightly.backtest_every", "coldstart.light_user_positives"),
+     lambda v: v >= 0,
      "must be >= 0"),
-    (("train.lr",), lambda v: v > 0, "must be > 0"),
+    (("train.lr", "segment.text_half_life_days", "coldstart.content_l2"), lambda v: v > 0, "must be > 0"),
+    (("segment.k",), lambda v: v is None or v >= 2, "must be >= 2 or null"),
+    (("segment.k_grid",), lambda v: bool(v) and all(k >= 2 for k in v), "must be a non-empty list of ints >= 2"),
     (("train.recency_decay", "train.history_decay"), lambda v: v is None or v >= 0, "must be >= 0 or null"),
-    (("score.min_coverage_ratio", "source.max_reject_share"), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    (("score.min_coverage_ratio", "source.max_reject_share", "coldstart.blend_weight"), lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
     (("embed.fields",), lambda v: bool(v) and set(v) <= {"title", "genres", "tags", "description"},
      "must be a non-empty subset of [title, genres, tags, description]"),
     (("evaluate.k",), lambda v: bool(v) and all(k >= 1 for k in v), "must be a non-empty list of ints >= 1"),
@@ -417,33 +345,20 @@ def load_config(env: str = "local", conf_file: Optional[str] = None, overrides: 
     """Load base + env + optional file + ``key=value`` overrides into a validated :class:`Config`."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", env):  # a path here would read any YAML on the machine
         raise ConfigError(f"--env must be a plain name of a file under conf/ (letters, digits, _, -), got {env!r}")
-    data = _read_yaml(CONF_DIR / "base.yaml")
+    data = read_yaml(CONF_DIR / "base.yaml")
     env_file = CONF_DIR / f"{env}.yaml"
     if not env_file.is_file():
         raise ConfigError(f"unknown --env {env!r}: no {env_file}")
-    data = _deep_merge(data, _read_yaml(env_file))
+    data = deep_merge(data, read_yaml(env_file))
     if conf_file:
-        data = _deep_merge(data, _read_yaml(Path(conf_file)))
+        data = deep_merge(data, read_yaml(Path(conf_file)))
     for assignment in overrides or []:
-        data = _apply_set(data, assignment)
-    cfg = _build(Config, data)
+        data = apply_set(data, assignment, Config)
+    cfg = build(Config, data)
     _check_semantics(cfg)
     return cfg
 
 
-# One config key with its default and meaning: a row of the README's config table.
-Setting = typing.NamedTuple("Setting", [("key", str), ("default", Any), ("doc", str)])
-
-
-def settings(cls: type = Config, prefix: str = "") -> list[Setting]:
-    """Every key below ``cls`` as a dotted name in declaration order (an optional mapping is a key too)."""
-    rows: list[Setting] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key, hint = prefix + f.name, _unwrap_optional(hints[f.name])
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        if not dataclasses.is_dataclass(hint) or default is None:
-            rows.append(Setting(key, default, f.metadata["doc"]))  # KeyError: a key declared without setting()
-        if dataclasses.is_dataclass(hint):
-            rows += settings(hint, key + ".")
-    return rows
+def settings() -> list[Setting]:
+    """Every config key with its default and meaning, in declaration order: the README's config table."""
+    return yamlconf.settings(Config)

@@ -6,16 +6,10 @@ the DataFrame to the declared schema first, so a stage cannot silently change a 
 from __future__ import annotations
 
 import logging
-import random
-import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional
 
-import delta.exceptions.captured  # noqa: F401  (turns Delta's commit conflicts into the Python classes below)
-from delta.exceptions import (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
-                              ConcurrentTransactionException, ConcurrentWriteException,
-                              DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -31,18 +25,10 @@ from pyspark.sql.types import (
 )
 
 from lakerec import faults
+from lakerec.conflicts import CONFLICT_ATTEMPTS, CONFLICTS, retrying
 from lakerec.config import Config, resolve_path
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-# A commit that lost to a concurrent writer's commit: safe to redo when the write is idempotent.
-CONFLICTS = (
-    ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
-    ConcurrentTransactionException, ConcurrentWriteException, DeltaConcurrentModificationException,
-    MetadataChangedException, ProtocolChangedException,
-)
-CONFLICT_ATTEMPTS = 5
 
 # Column names the evaluation shares with these tables, declared once (metrics take them as overrides).
 USER_IDX = "user_idx"
@@ -200,6 +186,32 @@ ITEM_TEXT_EMBEDDINGS = Table(
     key=("item_key",),
 )
 
+USER_SEGMENTS = Table(
+    "features", "user_segments",
+    _schema(
+        ("ds", StringType(), False),
+        ("user_key", StringType(), False),
+        ("user_idx", IntegerType(), False),
+        ("segment", IntegerType(), False),
+        ("distance", DoubleType(), False),
+    ),
+    partition_by=("ds",), key=("ds", "user_key"),
+)
+
+SEGMENT_PROFILES = Table(
+    "features", "segment_profiles",
+    _schema(
+        ("ds", StringType(), False),
+        ("segment", IntegerType(), False),
+        ("size", LongType(), False),
+        ("top_genres", ArrayType(StringType()), False),
+        ("top_items", ArrayType(StringType()), False),
+        ("titles", ArrayType(StringType()), False),
+        ("mean_activity", DoubleType(), False),
+    ),
+    partition_by=("ds",), key=("ds", "segment"),
+)
+
 DATA_QUALITY = Table(
     "serving", "data_quality",
     _schema(
@@ -249,7 +261,7 @@ METRICS = Table(
 ALL_TABLES = (
     BRONZE_INTERACTIONS, BRONZE_ITEMS, QUARANTINE_REJECTS, ID_MAP_USERS, ID_MAP_ITEMS,
     SILVER_INTERACTIONS, TRAINING_EXAMPLES, SERVING_EXAMPLES, MANIFEST, GENRE_VOCABULARY, ITEM_FEATURES,
-    USER_FEATURES, ITEM_TEXT_EMBEDDINGS,
+    USER_FEATURES, ITEM_TEXT_EMBEDDINGS, USER_SEGMENTS, SEGMENT_PROFILES,
     DATA_QUALITY, STAGING_RECOMMENDATIONS, RECOMMENDATIONS, METRICS,
 )
 
@@ -304,24 +316,6 @@ def _writer(df: DataFrame, cfg: Config, table: Table):
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
     return writer
-
-
-def retrying(what: str, write: Callable[[], T]) -> T:
-    """Run an idempotent ``write``; when a concurrent writer's commit conflicts with it, pause (growing,
-    jittered) and run it again, at most :data:`CONFLICT_ATTEMPTS` times, then fail naming the table."""
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-        try:
-            return write()
-        except CONFLICTS as exc:
-            if attempt == CONFLICT_ATTEMPTS:
-                raise RuntimeError(
-                    f"{what}: {attempt} attempts lost to concurrent writers ({type(exc).__name__}); "
-                    "is another lakerec run writing this warehouse?") from exc
-            pause = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
-            log.warning("%s: a concurrent commit conflicted (%s); attempt %d of %d in %.1fs",
-                        what, type(exc).__name__, attempt + 1, CONFLICT_ATTEMPTS, pause)
-            time.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def overwrite(df: DataFrame, cfg: Config, table: Table, tag: Optional[str] = None) -> None:
