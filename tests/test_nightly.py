@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 NIGHT_A, NIGHT_B = "2011-12-31", "2023-12-31"
 NEW_IN_B = ("1001", "1002", "1003")  # items whose first rating and metadata arrive in B's drop
-NIGHTLY = ("embed.enabled=false", "nightly.backtest_every=0", "nightly.warm_epochs=1")
+# DDP itself is tested elsewhere (test_train, test_resume, the pipeline fixture): one in-process rank here.
+NIGHTLY = ("embed.enabled=false", "nightly.backtest_every=0", "nightly.warm_epochs=1", "train.launcher=in_process")
 
 
 def _epoch(ds: str) -> int:
@@ -183,7 +184,8 @@ def test_the_serving_model_has_seen_each_users_latest_activity(spark, tmp_path):
     serving model, trained on all history, serves horror."""
     source = tmp_path / "genres"
     _genre_source(source)
-    cfg = make_config(tmp_path, source, "embed.enabled=false", "features.test_fraction=0.25", "train.epochs=30")
+    cfg = make_config(tmp_path, source, "embed.enabled=false", "features.test_fraction=0.25", "train.epochs=30",
+                      "train.launcher=in_process")
     ingest.run(spark, cfg, NIGHT_B)
     features.run(spark, cfg, NIGHT_B)
     models = train.run(spark, cfg, NIGHT_B)

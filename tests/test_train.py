@@ -108,7 +108,7 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
     with (source_copy / "movies.csv").open("a") as fh:
         fh.write("\n".join(COLD_MOVIES) + "\n")
     cfg = make_config(tmp_path, source_copy, "train.model=two_tower", "train.epochs=6", "train.patience=1",
-                      "features.val_fraction=0.2", "embed.enabled=false")
+                      "features.val_fraction=0.2", "embed.enabled=false", "train.launcher=in_process")
     ingest.run(spark, cfg, "2026-01-01")
     features.run(spark, cfg, "2026-01-01")
     metas = train.run(spark, cfg, "2026-01-01")

@@ -146,8 +146,9 @@ class TrainConfig:
         None, "history weight exp(decay x (r - 1)); null: 5.0 for time-based splits, 0 (plain mean) for `random_user`")
     seed: int = setting(42, "seed of the initial weights and sampled negatives")
     num_processes: int = setting(2, "DDP world size")
-    launcher: Literal["torch_distributor", "torchrun", "none"] = setting(
-        "torch_distributor", "`torch_distributor`, `torchrun`, or `none` (write `inputs.json`, run torchrun yourself)")
+    launcher: Literal["torch_distributor", "torchrun", "in_process", "none"] = setting(
+        "torch_distributor", "`torch_distributor`, `torchrun`, `in_process` (one rank in the job's own process, no "
+                             "DDP: small data, debugging) or `none` (write `inputs.json`, run torchrun yourself)")
     reader_workers: int = setting(2, "Petastorm reader threads per rank")
     shuffle_buffer: int = setting(100_000, "rows mixed across row groups (examples are stored sorted by user); 0: none")
     resume: bool = setting(True, "continue from the newest checkpoint of the same inputs, if any")

@@ -36,7 +36,7 @@ def exit_with_launcher(poll_seconds: float = 2.0) -> None:
     """Watch the launcher named in ``LAKEREC_LAUNCHER_PID`` (if any) from a daemon thread, and end this
     process at once (exit code 3) when it is gone: nothing of a rank is worth finishing without it."""
     value = os.environ.get(LAUNCHER_ENV)
-    if not value:
+    if not value or int(value) == os.getpid():  # an in-process rank: its launcher is itself
         return
     pid = int(value)
 

@@ -132,7 +132,8 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snaps
 
 
 def launch(cfg: Config, inputs_path: Path) -> None:
-    """Run ``train_worker`` on ``train.num_processes`` ranks of this node with the configured launcher.
+    """Run ``train_worker`` on ``train.num_processes`` ranks of this node with the configured launcher
+    (``in_process``: one rank, in this process).
 
     A failed worker group is started again, fresh, up to ``train.max_restarts`` times; it resumes
     from its last checkpoint. torchrun's own ``--max-restarts`` is not used: its restarted gloo
@@ -143,7 +144,9 @@ def launch(cfg: Config, inputs_path: Path) -> None:
     for attempt in range(restarts + 1):
         os.environ[RESTARTS_ENV] = str(attempt)  # recorded in meta.json by rank 0
         try:
-            if cfg.train.launcher == "torchrun":
+            if cfg.train.launcher == "in_process":
+                train_worker(str(inputs_path))
+            elif cfg.train.launcher == "torchrun":
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                        "-m", "lakerec.train", "--inputs", str(inputs_path)]
                 subprocess.run(cmd, check=True)
