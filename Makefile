@@ -49,9 +49,10 @@ bench-topn: $(STAMP)
 bench-train: $(STAMP)
 	$(PY) bench/bench_train.py --scale $(SCALE)
 
-# Model vs popularity / ALS / EASE on ml-100k (from ../shared, or ML100K=path) and ml-latest-small.
+# Model vs popularity / ALS / EASE on ml-100k (from ../shared, or ML100K=path) and ml-latest-small; then cold start.
 bench-quality: $(STAMP)
 	$(PY) bench/bench_quality.py $(if $(ML100K),--ml100k $(ML100K))
+	$(PY) bench/bench_coldstart.py
 
 # ml-latest-small replayed as an initial load + NIGHTS daily drops: next-day hit@10 (served, frozen, popularity), seconds per night.
 NIGHTS ?= 7

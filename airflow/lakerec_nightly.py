@@ -35,7 +35,7 @@ except ImportError:  # Airflow 2
     from airflow import DAG
     from airflow.operators.bash import BashOperator
 
-STAGES = ("ingest", "features", "embed", "train", "score", "evaluate")
+STAGES = ("ingest", "features", "embed", "train", "segment", "score", "evaluate")
 SUBMIT = (
     'set -f && cd "$LAKEREC_HOME" && '
     'spark-submit $LAKEREC_SUBMIT_ARGS jobs/{stage}.py --ds "$LAKEREC_DS" --env "$LAKEREC_ENV"'

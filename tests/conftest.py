@@ -33,6 +33,7 @@ def make_config(root: Path, source: Path, *overrides: str) -> Config:
             "spark.shuffle_partitions=2",
             "train.epochs=3",
             "score.top_n=20",
+            "segment.k_grid=[2, 3]",
             *overrides,
         ],
     )

@@ -88,7 +88,8 @@ def test_two_nights_then_a_backfill_of_the_first(spark, drops, tmp_path):
     served = {r["metric"]: r["value"] for r in results_b["evaluate"] if r["model"] == "served" and r["k"] in (0, 10)}
     assert served["returning_users"] > 0 and 0.0 <= served["hit_rate"] <= 1.0
 
-    later = {t.qualified: _partition_bytes(cfg, t, NIGHT_B) for t in (tables.RECOMMENDATIONS, tables.METRICS)}
+    nightly_outputs = (tables.RECOMMENDATIONS, tables.METRICS, tables.USER_SEGMENTS, tables.SEGMENT_PROFILES)
+    later = {t.qualified: _partition_bytes(cfg, t, NIGHT_B) for t in nightly_outputs}
     assert all(later.values())
     meta_b = (serving_b / META_FILE).read_bytes()
     manifest_b = sorted(tables.read(spark, cfg, tables.MANIFEST).where(F.col("ds") == NIGHT_B).collect())
@@ -96,7 +97,7 @@ def test_two_nights_then_a_backfill_of_the_first(spark, drops, tmp_path):
     backfill = run_all(spark, cfg, NIGHT_A)
 
     assert (models_root(cfg) / LATEST_FILE).read_text().strip() == serving_b.name
-    assert {t.qualified: _partition_bytes(cfg, t, NIGHT_B) for t in (tables.RECOMMENDATIONS, tables.METRICS)} == later
+    assert {t.qualified: _partition_bytes(cfg, t, NIGHT_B) for t in nightly_outputs} == later
     assert (serving_b / META_FILE).read_bytes() == meta_b
     assert sorted(tables.read(spark, cfg, tables.MANIFEST).where(F.col("ds") == NIGHT_B).collect()) == manifest_b
     # The backfill reproduces night A's snapshot, although the warehouse now holds night B.

@@ -159,19 +159,20 @@ def test_recommendation_files_carry_statistics_only_where_reads_use_them(spark, 
     assert all("minValues" not in s for s in _file_stats(cfg, tables.STAGING_RECOMMENDATIONS))
 
 
-def test_cold_users_get_the_popularity_fallback(spark, pipeline_run):
+def test_users_without_positives_get_their_segment_or_the_popularity_fallback(spark, pipeline_run):
     cfg, _ = pipeline_run
     snap = _snap(spark, cfg)
     all_users = snap.read(spark, cfg, tables.ID_MAP_USERS).count()
     assert snap.read(spark, cfg, tables.USER_FEATURES).count() == all_users  # one night: its users are all users
     recs = _recs(spark, cfg)
     assert recs.select("user_key").distinct().count() == all_users
-    fallback = recs.where(F.col("reason") == score.FALLBACK_REASON)
+    cold = recs.where(F.col("reason").isin(score.SEGMENT_REASON, score.FALLBACK_REASON))
     history_users = _history_users(spark, cfg, snap).count()
-    assert fallback.select("user_key").distinct().count() == all_users - history_users
+    assert cold.select("user_key").distinct().count() == all_users - history_users
 
 
-def test_users_newer_than_the_model_get_popularity_minus_what_they_have_seen(spark, pipeline_run, tmp_path):
+def test_users_newer_than_the_model_are_served_by_the_cold_start_method_minus_what_they_have_seen(
+        spark, pipeline_run, tmp_path):
     """Features rerun after the model was trained: its last users have history but no model row."""
     cfg, results = pipeline_run
     snap = _snap(spark, cfg)
@@ -188,7 +189,9 @@ def test_users_newer_than_the_model_get_popularity_minus_what_they_have_seen(spa
     modelled = history_users.where(F.col("user_idx") < n_users).count()
     assert modelled == history_users.count() - 3
     all_users = snap.read(spark, cfg, tables.USER_FEATURES).count()
-    assert recs.where(F.col("reason") == score.FALLBACK_REASON).select("user_key").distinct().count() == all_users - modelled
+    assert recs.where(F.col("reason") != score.MODEL_REASON).select("user_key").distinct().count() == all_users - modelled
+    newer = recs.where(F.col("reason").isin(score.FOLD_IN_REASON, score.BLEND_REASON, score.SEGMENT_REASON))
+    assert newer.select("user_key").distinct().count() == 3  # they have positives: never the popularity fallback
     recs.unpersist()
 
 

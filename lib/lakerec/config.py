@@ -191,8 +191,8 @@ class ColdStartConfig:
     """Lists for users the serving model has no vector for, and items nobody has interacted with yet."""
 
     users: Literal["fold_in", "segment", "blend"] = setting(
-        "blend", "a user with history but no model vector: `fold_in` (their items' vectors, as the model's history "
-                 "term), `segment` (their segment's popular items) or `blend` (both); chosen by `make bench-quality`")
+        "segment", "a user with history but no model vector: `fold_in` (their items' vectors, as the model's history "
+                   "term), `segment` (their segment's popular items; measured best) or `blend` (both); `make bench-quality`")
     blend_weight: float = setting(0.5, "`blend`: weight of the fold-in scores; the rest goes to the segment's")
     light_user_positives: int = setting(
         0, "users with at most this many positives are served as cold too (0: only users the model has not seen)")

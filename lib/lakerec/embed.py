@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -90,6 +90,14 @@ def embed_texts(todo: DataFrame, ec: EmbedConfig) -> DataFrame:
             })
 
     return todo.mapInPandas(embed_partition, EMBEDDED_SCHEMA)
+
+
+def embeddings_by(spark: SparkSession, cfg: Config, ds: str) -> Optional[DataFrame]:
+    """(item_key, embedding) of the texts embedded by ``ds``, so a backfill sees no later text; None before any."""
+    if not tables.exists(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS):
+        return None
+    embedded = tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS)
+    return embedded.where(F.col("embedded_ds") <= ds).select("item_key", "embedding")
 
 
 @faults.job("embed")

@@ -1,8 +1,8 @@
 """The nightly report: Markdown with PNG plots under ``<reports_dir>/<ds>/``.
 
 The served lists night over night (next-day hit rate beside popularity), the backtest beside the
-baselines with metric@K and training curves (on nights it runs), and the popularity bias of the
-published recommendations (share of slots per item-popularity decile).
+baselines with metric@K and training curves (on nights it runs), the popularity bias of the
+published recommendations (share of slots per item-popularity decile), and the night's user segments.
 """
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure  # the object API draws to files without a display or pyplot state
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakerec import tables
+from lakerec import segment, tables
 from lakerec.config import Config, resolve_path
 from lakerec.feedback import SERVED, SERVED_POPULARITY
 from lakerec.model_store import BACKTEST, META_FILE, SERVING
@@ -23,6 +24,7 @@ from lakerec.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 CURVE_METRICS = ("ndcg", "recall", "precision")
+PROJECTED_USERS = 2000  # users drawn for the 2-D projection of the segment profiles
 
 
 def format_table(rows: list[dict]) -> str:
@@ -162,6 +164,78 @@ def _backtest_section(metrics: list[dict], model_dirs: dict[str, Path], out: Pat
     ]
 
 
+def _plot_projection(profiles: segment.Profiles, segments: dict[int, int], path: Path) -> None:
+    """The first two principal components of a sample of the profiles, coloured by segment."""
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(profiles.user_idx), min(PROJECTED_USERS, len(profiles.user_idx)), replace=False)
+    sample = profiles.matrix[rows] - profiles.matrix[rows].mean(axis=0)
+    _, _, axes_t = np.linalg.svd(sample, full_matrices=False)
+    points = sample @ axes_t[:2].T if len(axes_t) >= 2 else np.zeros((len(rows), 2))
+    colours = [segments.get(int(u), -1) for u in profiles.user_idx[rows]]
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab20", s=10)
+    ax.legend(*scatter.legend_elements(), title="segment", fontsize="small")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title("user profiles (PCA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _plot_genres(counts: list[dict], profiles: list, path: Path) -> None:
+    """Share of each segment's positives per genre, for the genres at the top of any segment."""
+    totals: dict[int, int] = {}
+    for r in counts:
+        totals[r["segment"]] = totals.get(r["segment"], 0) + r["count"]
+    share = {(r["segment"], r["genre"]): r["count"] / totals[r["segment"]] for r in counts}
+    segments = [r["segment"] for r in profiles]
+    genres = sorted({g for r in profiles for g in r["top_genres"][:5]})
+    grid = np.array([[share.get((s, g), 0.0) for g in genres] for s in segments])
+    fig = Figure(figsize=(max(5, 0.45 * len(genres) + 2), 0.4 * len(segments) + 2))
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(genres)), genres, rotation=60, ha="right", fontsize="small")
+    ax.set_yticks(range(len(segments)), [str(s) for s in segments])
+    ax.set_ylabel("segment")
+    ax.set_title("top genres per segment (share of positives)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _segments_section(spark: SparkSession, cfg: Config, ds: str, serving: Path, out: Path) -> list[str]:
+    """Segment sizes, the profiles projected to 2-D, top genres per segment and the profile table."""
+    rows = []
+    if tables.exists(spark, cfg, tables.SEGMENT_PROFILES):
+        rows = tables.read(spark, cfg, tables.SEGMENT_PROFILES).where(F.col("ds") == ds).orderBy("segment").collect()
+    if not rows:
+        return ["## Segments", "", f"No segments for {ds} (`segment.enabled` is off, or the segment job has not run).", ""]
+    members = tables.read(spark, cfg, tables.USER_SEGMENTS).where(F.col("ds") == ds).select("user_idx", "segment")
+    night = segment.night_inputs(spark, cfg, Snapshot.load(spark, cfg, ds), serving)
+    profiles = segment.user_profiles(cfg, night.model, night.history, night.text, night.users)
+    _plot_projection(profiles, {r["user_idx"]: r["segment"] for r in members.collect()}, out / "segments.png")
+    genres = any(r["top_genres"] for r in rows)
+    if genres:
+        counts = segment.genre_counts(members, night.history, night.items).collect()
+        _plot_genres([r.asDict() for r in counts], rows, out / "segment_genres.png")
+    table = ["| segment | size | mean activity | top genres | top titles |", "|---|---|---|---|---|"]
+    table += [f"| {r['segment']} | {r['size']} | {r['mean_activity']:.1f} | {', '.join(r['top_genres'][:5])} | "
+              f"{'; '.join(r['titles'][:3]).replace('|', '/')} |" for r in rows]
+    return [
+        "## Segments",
+        "",
+        f"{len(rows)} segments of users by k-means on their profiles (serving-model vector + text of their items); "
+        "sizes " + ", ".join(str(r["size"]) for r in rows) + ".",
+        "",
+        *table,
+        "",
+        "![segments](segments.png)",
+        "",
+        *(["![segment genres](segment_genres.png)", ""] if genres else []),
+    ]
+
+
 def write(spark: SparkSession, cfg: Config, ds: str, metrics: list[dict], model_dirs: dict[str, Path]) -> Path:
     """Write ``report.md`` and its plots for ``ds``; returns the report's path.
 
@@ -185,6 +259,7 @@ def write(spark: SparkSession, cfg: Config, ds: str, metrics: list[dict], model_
         "",
         "![popularity bias](popularity_bias.png)",
         "",
+        *_segments_section(spark, cfg, ds, model_dirs[SERVING], out),
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines))

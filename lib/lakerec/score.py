@@ -8,12 +8,14 @@ per worker is ``score.block_size`` x catalogue floats plus the factors, never ti
 """
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -21,17 +23,19 @@ from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import faults, tables
+from lakerec import coldstart, faults, tables
 from lakerec.config import Config
 from lakerec.features import SPLITS, TRAIN
 from lakerec.models import FactorModel, top_n_block
-from lakerec.model_store import FACTORS_FILE, SERVING
+from lakerec.model_store import FACTORS_FILE, META_FILE, SERVING, resolved_train
 from lakerec.snapshot import Snapshot, checked_ds, previous_ds
 
 log = logging.getLogger(__name__)
 
+# serving/recommendations.reason: the path that served each user.
 MODEL_REASON = "model"
-FALLBACK_REASON = "popularity_fallback"
+FOLD_IN_REASON, SEGMENT_REASON, BLEND_REASON = coldstart.FOLD_IN_REASON, coldstart.SEGMENT_REASON, coldstart.BLEND_REASON
+FALLBACK_REASON = coldstart.POPULARITY_REASON
 SCORED_SCHEMA = "user_idx int, rank int, item_idx int, score float"
 _SCORED_ARROW = pa.schema([("user_idx", pa.int32()), ("rank", pa.int32()), ("item_idx", pa.int32()), ("score", pa.float32())])
 
@@ -125,13 +129,17 @@ def seen_items(silver: DataFrame, splits: tuple[str, ...] = (TRAIN,)) -> DataFra
     return rows.groupBy("user_idx").agg(F.collect_set("item_idx").alias("seen"))
 
 
+def item_counts(examples: DataFrame, n_items: int) -> np.ndarray:
+    """Positives per item_idx in ``examples`` (items below ``n_items``): catalogue-sized, never interaction-sized."""
+    counts = np.zeros(n_items, np.float32)
+    for r in examples.where(F.col("item_idx") < n_items).groupBy("item_idx").count().collect():
+        counts[r["item_idx"]] = r["count"]
+    return counts
+
+
 def popularity_model(examples: DataFrame, n_users: int, n_items: int) -> FactorModel:
     """The popularity fallback as a FactorModel: item bias = log(1 + positives in ``examples``)."""
-    counts = np.zeros(n_items, np.float32)
-    rows = examples.where(F.col("item_idx") < n_items).groupBy("item_idx").count().collect()
-    for r in rows:  # one row per item: catalogue-sized, never interaction-sized
-        counts[r["item_idx"]] = r["count"]
-    return FactorModel.popularity(n_users, counts)
+    return FactorModel.popularity(n_users, item_counts(examples, n_items))
 
 
 def in_catalogue(model: FactorModel, catalogue: np.ndarray) -> FactorModel:
@@ -156,29 +164,68 @@ def with_keys(spark: SparkSession, cfg: Config, snap: Snapshot, scored: DataFram
     return scored.join(users, "user_idx").join(F.broadcast(items), "item_idx")
 
 
+def serving_factors(spark: SparkSession, cfg: Config, snap: Snapshot, model: FactorModel, counts: np.ndarray) -> FactorModel:
+    """The serving model with content vectors for the items without positives (``coldstart.items``),
+    new items included: one item row per ``counts`` row."""
+    if not cfg.coldstart.items:
+        return model
+    content = coldstart.item_content(spark, cfg, snap, len(counts))
+    return coldstart.with_content_items(model, content, counts > 0, cfg.coldstart.content_l2)
+
+
+def _history_decay(cfg: Config, model_dir: Path) -> float:
+    """The history decay the model trained with (its ``meta.json``), else what ``cfg`` would train with."""
+    meta = model_dir / META_FILE
+    trained = json.loads(meta.read_text()).get("train", {}) if meta.is_file() else {}
+    return float(trained.get("history_decay", resolved_train(cfg).history_decay) or 0.0)
+
+
+def _score_cold(spark: SparkSession, cfg: Config, cold: coldstart.ColdUsers, reasons: np.ndarray,
+                model: FactorModel, seen: DataFrame) -> DataFrame:
+    """Top-N rows of the cold users: their model's rows are positions, mapped back to user_idx here."""
+    rows = spark.createDataFrame(
+        pd.DataFrame({"row": np.arange(len(cold.user_idx), dtype=np.int32), "user_idx": cold.user_idx.astype(np.int32),
+                      "reason": reasons.astype(str)}), "row int, user_idx int, reason string")
+    users = rows.join(seen, "user_idx", "left").select(F.col("row").alias("user_idx"), "seen")
+    sc = cfg.score
+    scored = score_users(users, model, f"coldstart-{uuid.uuid4().hex}", sc.top_n, sc.block_size, sc.threads_per_worker)
+    return scored.withColumnRenamed("user_idx", "row").join(rows, "row").drop("row")
+
+
 def build_recommendations(spark: SparkSession, cfg: Config, snap: Snapshot, model_dir: Path) -> DataFrame:
-    """Every user of the night's top-N from its catalogue: the model for users it has history for,
-    popularity for the others; no list holds an item the user already has."""
-    items = catalogue(spark, cfg, snap)
-    model = in_catalogue(FactorModel.load(model_dir / FACTORS_FILE), items)
-    n, sc = cfg.score.top_n, cfg.score
-    n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
-    seen = seen_items(snap.read(spark, cfg, tables.SILVER_INTERACTIONS), SPLITS)
+    """Every user of the night's top-N from its catalogue; no list holds an item the user already has.
+
+    The model serves the users it has a vector for (positives tonight, more than
+    ``coldstart.light_user_positives``); the others go to :mod:`lakerec.coldstart` (fold-in, segment, blend,
+    popularity for users with nothing). Cold items take content vectors when ``coldstart.items``.
+    """
     examples = snap.read(spark, cfg, tables.SERVING_EXAMPLES)
-    history = examples.where(F.col("user_idx") < n_users).select("user_idx").distinct()
-    users = seen.join(history, "user_idx")
-    scored = score_users(users, model, f"{model_dir.name}-{uuid.uuid4().hex}", n, sc.block_size, sc.threads_per_worker)
+    items = catalogue(spark, cfg, snap)
+    model = FactorModel.load(model_dir / FACTORS_FILE)
+    n_items = model.item_factors.shape[0]
+    if cfg.coldstart.items:  # items newer than the model get rows too
+        n_items = max(n_items, int(items.max(initial=-1)) + 1)
+    counts = item_counts(examples, n_items)
+    model = serving_factors(spark, cfg, snap, model, counts)
+    items = items[items < n_items]
+    n = model.user_factors.shape[0]
+    seen = seen_items(snap.read(spark, cfg, tables.SILVER_INTERACTIONS), SPLITS)
+    positives = examples.groupBy("user_idx").agg(F.count("*").alias("positives"))
+    warm = positives.where((F.col("user_idx") < n) & (F.col("positives") > cfg.coldstart.light_user_positives))
+    sc = cfg.score
+    scored = score_users(seen.join(warm.select("user_idx"), "user_idx"), in_catalogue(model, items),
+                         f"{model_dir.name}-{uuid.uuid4().hex}", sc.top_n, sc.block_size, sc.threads_per_worker)
     scored = scored.withColumn("reason", F.lit(MODEL_REASON))
 
-    # Everyone else gets popularity, minus what they have seen: users without positives, and users
-    # who arrived after this model was trained (their history is in silver, not in the model).
+    segments = coldstart.night_segments(spark, cfg, snap.ds)
+    segment_ids, segment_counts = coldstart.segment_item_counts(examples, segments, n_items)
     night_users = snap.read(spark, cfg, tables.USER_FEATURES).select("user_idx")
-    cold = night_users.join(users.select("user_idx"), "user_idx", "left_anti").join(seen, "user_idx", "left")
-    pop = in_catalogue(popularity_model(examples, snap.read(spark, cfg, tables.ID_MAP_USERS).count(), n_items), items)
-    # A fresh key: the counts change with the examples, and workers cache tensors by key.
-    fallback = score_users(cold, pop, f"popularity-{uuid.uuid4().hex}", n, sc.block_size, sc.threads_per_worker)
-    fallback = fallback.withColumn("reason", F.lit(FALLBACK_REASON))
-    recs = with_keys(spark, cfg, snap, scored.unionByName(fallback))
+    cold = coldstart.cold_users(night_users.join(warm, "user_idx", "left_anti"), examples, segments, segment_ids)
+    reasons = cold.reasons(cfg.coldstart.users)
+    cold_model = coldstart.cold_user_model(model, cold, reasons, segment_counts, counts, items,
+                                           _history_decay(cfg, model_dir), cfg.coldstart.blend_weight)
+    cold_scored = _score_cold(spark, cfg, cold, reasons, in_catalogue(cold_model, items), seen)
+    recs = with_keys(spark, cfg, snap, scored.unionByName(cold_scored))
     return recs.select(
         F.lit(snap.ds).alias("ds"), "user_key", "rank", "item_key", "score",
         F.lit(model_dir.name).alias("model_version"), "reason",
