@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import re
 import shutil
 import time
 import uuid
@@ -43,9 +42,9 @@ from lakerec.models import FactorModel
 from lakerec.snapshot import Snapshot
 from lakerec.spark import build_spark
 
+from bench_quality import write_section  # bench/ is on the path of a script run from it
+
 OUT = REPO_ROOT / "bench" / "out" / "coldstart"
-BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
-SECTION_BEGIN, SECTION_END = "<!-- coldstart:begin -->", "<!-- coldstart:end -->"
 SOURCE = REPO_ROOT / "data" / "ml-latest-small"
 DS = "2026-01-01"
 SEED, HELD_OUT, GIVEN, K_USERS, K_ITEMS = 42, 0.10, 3, 10, 100
@@ -133,16 +132,6 @@ def user_ndcg(spark: SparkSession, cfg: Config, snap: Snapshot, model_dir: Path,
     return ndcg
 
 
-def _write_section(text: str) -> None:
-    current = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
-    block = f"{SECTION_BEGIN}\n{text}\n{SECTION_END}"
-    if SECTION_BEGIN in current:
-        current = re.sub(re.escape(SECTION_BEGIN) + ".*?" + re.escape(SECTION_END), lambda _: block, current, flags=re.S)
-    else:
-        current = current.rstrip() + "\n\n## Cold start\n\n" + block + "\n"
-    BENCHMARKS.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SOURCE, help="a MovieLens-latest folder (default ml-latest-small)")
@@ -185,7 +174,7 @@ def main() -> None:
         f"| random (a random warm item's) | {recall['random']:.4f} |",
     ])
     if args.source == SOURCE and not args.set:
-        _write_section(text)
+        write_section(text, "coldstart", "Cold start")
     print(text)
     print(f"coldstart users ndcg@10 lakerec={ndcg[cfg.coldstart.users]:.4f} popularity={ndcg['popularity']:.4f}")
     print(f"coldstart items recall@100 lakerec={recall['content']:.4f} random={recall['random']:.4f}")

@@ -26,7 +26,6 @@ from lakerec.spark import build_spark
 
 OUT = REPO_ROOT / "bench" / "out" / "quality"
 BENCHMARKS = REPO_ROOT / "BENCHMARKS.md"
-SECTION_BEGIN, SECTION_END = "<!-- quality:begin -->", "<!-- quality:end -->"
 MODELS = ("model", "als", "ease", "popularity")
 METRICS = ("precision", "recall", "ndcg", "map")
 
@@ -70,13 +69,15 @@ def _table(name: str, values: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _write_section(text: str) -> None:
+def write_section(text: str, marker: str = "quality", heading: str = "Quality") -> None:
+    """Put ``text`` between BENCHMARKS.md's ``<!-- marker:begin/end -->`` lines (a new ``heading`` section when absent)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     current = BENCHMARKS.read_text() if BENCHMARKS.is_file() else "# Benchmarks\n"
-    block = f"{SECTION_BEGIN}\n{text}\n{SECTION_END}"
-    if SECTION_BEGIN in current:
-        current = re.sub(re.escape(SECTION_BEGIN) + ".*?" + re.escape(SECTION_END), lambda _: block, current, flags=re.S)
+    block = f"{begin}\n{text}\n{end}"
+    if begin in current:
+        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
     else:
-        current = current.rstrip() + "\n\n## Quality\n\n" + block + "\n"
+        current = current.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     BENCHMARKS.write_text(current)
 
 
@@ -99,7 +100,7 @@ def main() -> None:
         f"Command: `make bench-quality`. Machine: {machine}. Date: {time.strftime('%Y-%m-%d')}.\n\n"
         + "\n\n".join(sections)
     )
-    _write_section(text)
+    write_section(text)
     ml100k = scores["ml100k"]
     print(text)
     print(
