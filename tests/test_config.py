@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lakerec.cli import parse_args
-from lakerec.config import CONF_DIR, Config, ConfigError, load_config, settings
+from lakerec.config import CONF_DIR, CONF_DIR_ENV, Config, ConfigError, conf_dir, load_config, settings
 
 
 def test_defaults_load_and_overrides_apply():
@@ -133,7 +133,7 @@ def test_a_restated_default_is_found():
                                          "evaluate.ease.l2"]
 
 
-@pytest.mark.parametrize("name", ["base.yaml", "local.yaml"])
+@pytest.mark.parametrize("name", ["base.yaml", "local.yaml", "smoke.yaml"])
 def test_conf_files_hold_only_what_differs_from_the_code(name):
     data = yaml.safe_load((CONF_DIR / name).read_text()) or {}
     assert _restated_defaults(data) == [], f"conf/{name} repeats code defaults: delete those keys"
@@ -142,3 +142,23 @@ def test_conf_files_hold_only_what_differs_from_the_code(name):
 @pytest.mark.parametrize("env", sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base"))
 def test_every_conf_file_loads(env):
     load_config(env)
+
+
+def test_the_conf_dir_is_the_flag_then_the_environment_then_the_checkout(tmp_path, monkeypatch):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 4}\n")
+    (tmp_path / "team.yaml").write_text("score: {top_n: 9}\n")
+    monkeypatch.delenv(CONF_DIR_ENV, raising=False)
+    assert conf_dir() == CONF_DIR
+    args = parse_args("t", ["--env", "team", "--conf-dir", str(tmp_path)])
+    cfg = load_config(args.env, directory=args.conf_dir)
+    assert (cfg.train.epochs, cfg.score.top_n) == (4, 9)
+    monkeypatch.setenv(CONF_DIR_ENV, str(tmp_path))
+    assert load_config("team").score.top_n == 9
+    with pytest.raises(ConfigError, match="unknown --env 'team'"):
+        load_config("team", directory=str(CONF_DIR))  # the flag wins over the environment
+
+
+def test_executor_ranks_need_the_torch_distributor():
+    with pytest.raises(ConfigError, match="train.ranks_on"):
+        load_config("local", overrides=["train.ranks_on=executors", "train.launcher=torchrun"])
+    assert load_config("local", overrides=["train.ranks_on=executors"]).train.ranks_on == "executors"

@@ -1,4 +1,5 @@
 """Jobs as users run them: through pyspark's real spark-submit, and failing fast on bad config."""
+import json
 import os
 import subprocess
 import sys
@@ -38,3 +39,25 @@ def test_bad_config_fails_before_any_write(tiny_source, tmp_path, bad, key):
     assert proc.returncode != 0
     assert f"'{key}'" in proc.stderr
     assert not (tmp_path / "warehouse").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_runs_without_a_checkout(tmp_path):
+    """What spark-submit --py-files lakerec.whl gets: the config packaged inside, paths from the working dir."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(REPO_ROOT)], check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("lakerec-*.whl"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    source = REPO_ROOT / "data" / "ml-latest-small"
+    probe = ("import json, lakerec; from lakerec import config; "
+             f"cfg = config.load_config('smoke', overrides=['source.path={source}']); "
+             "print(json.dumps({'module': lakerec.__file__, 'conf': str(config.conf_dir()), "
+             "'checkout': config.in_checkout(), 'epochs': cfg.train.epochs, 'warehouse': config.resolve_path(cfg.warehouse)}))")
+    env = {**os.environ, "PYTHONPATH": str(wheel)}
+    env.pop("LAKEREC_CONF_DIR", None)
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True,
+                                    text=True, check=True).stdout)
+    assert out["module"].startswith(str(wheel)) and out["conf"].startswith(str(wheel))
+    assert out["checkout"] is False and out["epochs"] == 2  # conf/smoke.yaml, read from inside the wheel
+    assert out["warehouse"] == str(elsewhere / "warehouse")

@@ -216,8 +216,10 @@ def test_a_trained_model_folder_and_its_mlflow_run_hold_no_credentials(recording
 class StandInTask:
     """Records what the DAG hands a BashOperator."""
 
-    def __init__(self, task_id: str, bash_command: str, env: dict | None = None, append_env: bool = False) -> None:
+    def __init__(self, task_id: str, bash_command: str, env: dict | None = None, append_env: bool = False,
+                 execution_timeout=None) -> None:
         self.task_id, self.bash_command, self.env, self.append_env = task_id, bash_command, env, append_env
+        self.execution_timeout = execution_timeout
 
     def __rshift__(self, other: "StandInTask") -> "StandInTask":
         return other
@@ -248,6 +250,7 @@ def dag_tasks(monkeypatch) -> list[StandInTask]:
     for name in names:
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["airflow.sdk"].DAG = StandInDag
+    sys.modules["airflow.sdk"].Variable = object
     sys.modules["airflow.providers.standard.operators.bash"].BashOperator = bash_operator
     spec = importlib.util.spec_from_file_location("lakerec_nightly_dag", REPO_ROOT / "airflow" / "lakerec_nightly.py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
@@ -267,7 +270,8 @@ def _run_task(task: StandInTask, ds: str, variables: dict[str, str], tmp_path: P
     record = tmp_path / "spark-submit.json"
     stub = stubs / "spark-submit"
     stub.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    f"open({str(record)!r}, 'w').write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd()}}))\n")
+                    f"open({str(record)!r}, 'w').write(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd(), "
+                    f"'env': {{k: v for k, v in os.environ.items() if k.startswith(('PY', 'LAKEREC_CONF_DIR'))}}}}))\n")
     stub.chmod(0o755)
     env = {"PATH": f"{stubs}:/usr/bin:/bin", **{k: _render(v, ds, variables) for k, v in task.env.items()}}
     proc = subprocess.run(["bash", "-c", _render(task.bash_command, ds, variables)], env=env, cwd=tmp_path,
@@ -278,6 +282,8 @@ def _run_task(task: StandInTask, ds: str, variables: dict[str, str], tmp_path: P
 
 def test_the_dag_templates_nothing_into_the_bash_command(dag_tasks):
     assert [t.task_id for t in dag_tasks] == [name for name, _ in STAGES]  # the pipeline's order
+    timeouts = {t.task_id: t.execution_timeout for t in dag_tasks}
+    assert all(timeouts.values()) and max(timeouts, key=timeouts.get) == "train"  # a hung run fails, train waits longest
     for task in dag_tasks:
         assert "{{" not in task.bash_command and "{%" not in task.bash_command
         assert task.append_env is True  # keeps PATH, JAVA_HOME, SPARK_HOME
@@ -289,11 +295,16 @@ def test_hostile_variables_and_ds_stay_single_arguments_and_never_run(dag_tasks,
     home.mkdir()
     ds = "2026-01-01 $(touch pwned-ds)"
     variables = {"lakerec_home": str(home), "lakerec_env": "x; touch pwned-env `touch pwned-tick`",
-                 "lakerec_submit_args": "--master local[2] ; touch pwned-args $(touch pwned-sub2) *\n--conf a=b"}
+                 "lakerec_submit_args": "--master local[2] ; touch pwned-args $(touch pwned-sub2) *\n--conf a=b",
+                 "lakerec_conf": "team.yaml; touch pwned-conf", "lakerec_python": "py $(touch pwned-py)"}
     ran = _run_task(dag_tasks[0], ds, variables, tmp_path)
     assert ran["cwd"] == str(home)
     assert ran["argv"] == ["--master", "local[2]", ";", "touch", "pwned-args", "$(touch", "pwned-sub2)", "*",
-                           "--conf", "a=b", "jobs/ingest.py", "--ds", ds, "--env", variables["lakerec_env"]]
+                           "--conf", "a=b", "jobs/ingest.py", "--ds", ds, "--env", variables["lakerec_env"],
+                           "--conf", variables["lakerec_conf"]]
+    # the library and config of lakerec_home, and the pipeline's interpreter, whatever their names hold
+    assert ran["env"]["PYTHONPATH"].split(":")[0] == f"{home}/lib" and ran["env"]["LAKEREC_CONF_DIR"] == f"{home}/conf"
+    assert ran["env"]["PYSPARK_PYTHON"] == ran["env"]["PYSPARK_DRIVER_PYTHON"] == variables["lakerec_python"]
     assert sorted(p.name for p in tmp_path.rglob("pwned*")) == []
 
 

@@ -5,10 +5,12 @@ import math
 import pytest
 
 from conftest import PIPELINE_DS
+from lakerec.config import load_config
 from lakerec.model_store import (
     BACKTEST, DEFAULT_HISTORY_DECAY, DEFAULT_RECENCY_DECAY, INPUTS_FILE, META_FILE, SERVING, TrainInputs,
     checkpoint_paths, latest_model_dir, models_root,
 )
+from lakerec.train import Placement
 
 
 def _model_dir(cfg, results, role):
@@ -33,6 +35,7 @@ def test_two_ranks_train_to_identical_weights(pipeline_run, role):
     meta = json.loads((_model_dir(cfg, results, role) / META_FILE).read_text())
     assert meta["world_size"] == 2 == len(meta["rank_weights_sha256"])
     assert meta["rank_weights_sha256"][0] == meta["rank_weights_sha256"][1] == meta["weights_sha256"]
+    assert len({r["pid"] for r in meta["ranks"]}) == 2  # where each rank ran: two processes
     assert results["train"][role]["world_size"] == 2
 
 
@@ -280,3 +283,14 @@ def test_another_training_config_gets_its_ownmodel_version():
     # keys a run may change and still resume from its checkpoints keep the folder
     resumable = load_config("local", overrides=["train.epochs=30", "train.max_restarts=0"])
     assert model_version(resumable, "2026-01-01", SERVING, 3) == base
+
+
+@pytest.mark.parametrize("ranks_on, launcher, on_executors", [("auto", "torch_distributor", False),
+                                                              ("executors", "torch_distributor", True),
+                                                              ("driver", "torch_distributor", False),
+                                                              ("auto", "torchrun", False)])
+def test_ranks_go_to_the_executors_on_a_cluster_master_or_when_asked(spark, tmp_path, ranks_on, launcher, on_executors):
+    cfg = load_config("local", overrides=[f"train.ranks_on={ranks_on}", f"train.launcher={launcher}"])
+    assert spark.sparkContext.master.startswith("local")  # auto: a local master keeps the ranks on this node
+    place = Placement.of(spark, cfg)
+    assert place.on_executors is on_executors and place.use_gpu is False

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import lakerec
 from lakerec.config import Config, ConfigError, load_config
 from lakerec.redaction import redacted
 
@@ -34,6 +37,8 @@ def parse_args(description: str, argv: Optional[Sequence[str]] = None) -> argpar
     parser.add_argument("--ds", type=_ds, default=dt.date.today().isoformat(), help="run date YYYY-MM-DD (default: today)")
     parser.add_argument("--env", default="local", help="config environment: conf/<env>.yaml, a plain name (default: local)")
     parser.add_argument("--conf", help="extra YAML config file applied after conf/<env>.yaml")
+    parser.add_argument("--conf-dir", help="folder holding base.yaml and <env>.yaml (default: $LAKEREC_CONF_DIR, "
+                                           "else the checkout's conf/, else the defaults packaged in the wheel)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.epochs=5 (repeatable)")
     return parser.parse_args(argv)
@@ -48,7 +53,7 @@ def setup_logging() -> None:
 def load(args: argparse.Namespace) -> Config:
     """Load and validate config, and log it without credentials; a bad one exits before anything is written."""
     try:
-        cfg = load_config(args.env, args.conf, args.set)
+        cfg = load_config(args.env, args.conf, args.set, args.conf_dir)
     except ConfigError as exc:
         raise SystemExit(f"lakerec: bad config: {exc}") from None
     log.info("config (--env %s): %s", args.env, json.dumps(redacted(cfg)))
@@ -62,7 +67,14 @@ def run_stage(stage: Callable[..., Any], description: str, argv: Optional[Sequen
     setup_logging()
     args = parse_args(description, argv)
     cfg = load(args)
+    log.info("lakerec %s from %s", lakerec.__version__, Path(lakerec.__file__).parent)
     spark = build_spark(cfg)
     result = stage(spark, cfg, args.ds)
     log.info("%s done for ds=%s", description, args.ds)
+    log.info("%s result: %s", description, json.dumps(result, default=_plain))
     return result
+
+
+def _plain(value: Any) -> Any:
+    """JSON for a stage's result: dataclasses as dicts, anything else as text."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else str(value)

@@ -1,5 +1,9 @@
 """Configuration: conf/base.yaml + conf/<env>.yaml + --conf FILE + --set key=value, validated once.
 
+The conf directory is ``--conf-dir``, else ``$LAKEREC_CONF_DIR``, else the checkout's ``conf/``, else
+the copy packaged in the wheel (``lakerec/conf``), so spark-submit with ``--py-files lakerec.whl``
+needs no checkout on the driver.
+
 Every job loads its config through :func:`load_config` before it touches Spark or any table, so
 an unknown key, a wrong type or a missing input path fails fast with a message naming the key.
 The dataclasses hold every default and its meaning: ``python -m lakerec.readme`` writes the README table.
@@ -7,10 +11,12 @@ The dataclasses hold every default and its meaning: ``python -m lakerec.readme``
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -20,6 +26,22 @@ from lakerec.yamlconf import ConfigError, Setting, apply_set, build, deep_merge,
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DS_FIELD = "{ds}"  # in source.path or a source file pattern: the night's run date
 CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR_ENV = "LAKEREC_CONF_DIR"
+
+
+def in_checkout() -> bool:
+    """Whether lakerec runs from a source checkout (not from a wheel, zipped or installed)."""
+    return (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def conf_dir(explicit: Optional[str] = None) -> Traversable:
+    """Where ``base.yaml`` and ``<env>.yaml`` are read from (module docstring: the lookup order)."""
+    chosen = explicit or os.environ.get(CONF_DIR_ENV)
+    if chosen:
+        return Path(os.path.expanduser(chosen))
+    if in_checkout():
+        return CONF_DIR
+    return importlib.resources.files("lakerec") / "conf"
 
 
 def setting(default: Any = None, doc: str = "", *, factory: Optional[Callable[[], Any]] = None) -> Any:
@@ -149,6 +171,9 @@ class TrainConfig:
     launcher: Literal["torch_distributor", "torchrun", "in_process", "none"] = setting(
         "torch_distributor", "`torch_distributor`, `torchrun`, `in_process` (one rank in the job's own process, no "
                              "DDP: small data, debugging) or `none` (write `inputs.json`, run torchrun yourself)")
+    ranks_on: Literal["auto", "driver", "executors"] = setting(
+        "auto", "where `torch_distributor` runs the ranks: `driver` (local_mode), `executors` (barrier tasks; "
+                "models_dir must be shared), `auto`: executors unless the Spark master is local")
     reader_workers: int = setting(2, "Petastorm reader threads per rank")
     shuffle_buffer: int = setting(100_000, "rows mixed across row groups (examples are stored sorted by user); 0: none")
     resume: bool = setting(True, "continue from the newest checkpoint of the same inputs, if any")
@@ -323,6 +348,8 @@ def _check_semantics(cfg: Config) -> None:
         ("evaluate.als.alpha", als.alpha >= 0 and all(v >= 0 for v in als.tune_alphas),
          "must be >= 0 (and every evaluate.als.tune_alphas)"),
         ("evaluate.ease.l2", ease.l2 > 0 and all(v > 0 for v in ease.tune_l2), "must be > 0"),
+        ("train.ranks_on", cfg.train.ranks_on != "executors" or cfg.train.launcher == "torch_distributor",
+         f"`executors` needs train.launcher=torch_distributor, not {cfg.train.launcher!r}"),
     ]
     for key, ok, message in checks:
         if not ok:
@@ -331,23 +358,30 @@ def _check_semantics(cfg: Config) -> None:
 
 
 def resolve_path(path: str) -> str:
-    """A local path relative to the repository root, so jobs work from any cwd; URIs (``s3a://``...) unchanged."""
+    """A local path made absolute: relative to the checkout when lakerec runs from one (so jobs work
+    from any cwd), else to the working directory. URIs (``s3a://``...) unchanged.
+
+    Resolved on the driver only, so executors never see a relative path.
+    """
     if "://" in path:
         return path
     p = Path(os.path.expanduser(path))
-    return str(p if p.is_absolute() else REPO_ROOT / p)
+    return str(p if p.is_absolute() else (REPO_ROOT if in_checkout() else Path.cwd()) / p)
 
 
 def _local_path_missing(path: str) -> bool:
     return "://" not in path and not Path(resolve_path(path)).exists()
 
 
-def load_config(env: str = "local", conf_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Load base + env + optional file + ``key=value`` overrides into a validated :class:`Config`."""
+def load_config(env: str = "local", conf_file: Optional[str] = None, overrides: Optional[list[str]] = None,
+                directory: Optional[str] = None) -> Config:
+    """Load base + env + optional file + ``key=value`` overrides into a validated :class:`Config`;
+    ``directory`` is ``--conf-dir`` (:func:`conf_dir`)."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", env):  # a path here would read any YAML on the machine
         raise ConfigError(f"--env must be a plain name of a file under conf/ (letters, digits, _, -), got {env!r}")
-    data = read_yaml(CONF_DIR / "base.yaml")
-    env_file = CONF_DIR / f"{env}.yaml"
+    folder = conf_dir(directory)
+    data = read_yaml(folder / "base.yaml")
+    env_file = folder / f"{env}.yaml"
     if not env_file.is_file():
         raise ConfigError(f"unknown --env {env!r}: no {env_file}")
     data = deep_merge(data, read_yaml(env_file))

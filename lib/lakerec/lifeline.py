@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -47,3 +48,9 @@ def exit_with_launcher(poll_seconds: float = 2.0) -> None:
         os._exit(EXIT_CODE)
 
     threading.Thread(target=watch, name="lakerec-lifeline", daemon=True).start()
+
+
+def placement() -> dict:
+    """Where this rank runs (host, pid, working directory: a Spark executor's own under TorchDistributor
+    on a cluster), for ``meta.json``."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd()}

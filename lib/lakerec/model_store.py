@@ -47,7 +47,7 @@ PARTIAL_SUFFIX = ".partial"
 SERVING, BACKTEST = "serving", "backtest"  # the two roles of a night's models
 CHECKPOINTS_KEPT = 2
 # Config keys that may change between a run and its resumption without invalidating checkpoints.
-RESUMABLE_KEYS = frozenset({"epochs", "resume", "launcher", "num_processes", "max_restarts",
+RESUMABLE_KEYS = frozenset({"epochs", "resume", "launcher", "ranks_on", "num_processes", "max_restarts",
                             "mlflow", "mlflow_tracking_uri", "mlflow_experiment"})
 
 

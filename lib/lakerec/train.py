@@ -5,7 +5,7 @@ when ``nightly.warm_start``) and, when due, a backtest model (the train split). 
 examples version of the night's manifest and writes ``models/.<model_version>.partial/inputs.json``
 with the parquet files of that version; ``launch`` runs :func:`lakerec.trainer.train_worker` on
 ``train.num_processes`` ranks with ``train.launcher`` (torch_distributor or torchrun), restarting a
-failed worker group. With ``--set train.launcher=none`` only ``inputs.json`` is written; then run
+failed worker group; on a cluster TorchDistributor runs the ranks on the executors (``train.ranks_on``). With ``--set train.launcher=none`` only ``inputs.json`` is written; then run
 torchrun yourself (commands in :mod:`lakerec.trainer`):
     torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/.<model_version>.partial/inputs.json
 """
@@ -17,7 +17,7 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -131,9 +131,27 @@ def prepare(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snaps
     return inputs
 
 
-def launch(cfg: Config, inputs_path: Path) -> None:
-    """Run ``train_worker`` on ``train.num_processes`` ranks of this node with the configured launcher
-    (``in_process``: one rank, in this process).
+@dataclass(frozen=True)
+class Placement:
+    """Where TorchDistributor runs the ranks (barrier tasks on the executors, or this node) and whether each takes a GPU."""
+
+    on_executors: bool = False
+    use_gpu: bool = False
+
+    @classmethod
+    def of(cls, spark: "SparkSession", cfg: Config) -> "Placement":
+        """``train.ranks_on`` resolved; an executor's GPU is its to claim (``spark.task.resource.gpu.amount``)."""
+        on_executors = cfg.train.launcher == "torch_distributor" and (
+            cfg.train.ranks_on == "executors"
+            or (cfg.train.ranks_on == "auto" and not spark.sparkContext.master.startswith("local")))
+        if on_executors:
+            return cls(True, float(spark.conf.get("spark.task.resource.gpu.amount", "0")) > 0)
+        return cls(False, torch.cuda.is_available())
+
+
+def launch(cfg: Config, inputs_path: Path, place: Optional[Placement] = None) -> None:
+    """Run ``train_worker`` on ``train.num_processes`` ranks with the configured launcher: on this node,
+    or as barrier tasks on the executors (``place``); ``in_process``: one rank, in this process.
 
     A failed worker group is started again, fresh, up to ``train.max_restarts`` times; it resumes
     from its last checkpoint. torchrun's own ``--max-restarts`` is not used: its restarted gloo
@@ -153,7 +171,8 @@ def launch(cfg: Config, inputs_path: Path) -> None:
             else:
                 from pyspark.ml.torch.distributor import TorchDistributor
 
-                TorchDistributor(num_processes=n, local_mode=True, use_gpu=torch.cuda.is_available()).run(
+                place = place or Placement(False, torch.cuda.is_available())
+                TorchDistributor(num_processes=n, local_mode=not place.on_executors, use_gpu=place.use_gpu).run(
                     train_worker, str(inputs_path))
             return
         except Exception:
@@ -193,7 +212,7 @@ def _train_locked(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: 
     if cfg.train.launcher == "none":
         log.info("wrote %s: launch torchrun -m lakerec.train --inputs with it", inputs_path)
         return {"model_version": version, "inputs": str(inputs_path)}
-    launch(cfg, inputs_path)
+    launch(cfg, inputs_path, Placement.of(spark, cfg))
     meta_path = finished / META_FILE
     if not meta_path.is_file():  # the launcher returns whichever rank ended last: check rank 0's output
         raise RuntimeError(f"training finished without rank 0 writing {meta_path}")

@@ -391,7 +391,7 @@ class Trainer:
     def publish(self) -> None:
         """Rank 0 writes the model files, then ``meta.json``, renames the folder into place, then moves
         ``models/LATEST`` to a serving model (forward only)."""
-        digests = self.place.gather(weights_digest(self.model))
+        ranks = self.place.gather({"weights_sha256": weights_digest(self.model), **lifeline.placement()})
         if self.place.leader:
             best = model_store.load_best(self.model_dir) if self.val is not None else None
             if best is not None:  # publish the best validation epoch, not the last one
@@ -403,7 +403,7 @@ class Trainer:
             else:
                 head_path.unlink(missing_ok=True)
             model_store.save_model(self.model_dir / model_store.MODEL_FILE, self.model, self.head, redaction.redacted(self.inputs.train))
-            meta = self._meta(digests)
+            meta = self._meta(ranks)
             model_store.write_meta(self.model_dir, meta)
             self.tracker.finish(self.model_dir, {
                 "final_loss": meta["final_loss"], "train_seconds": meta["train_seconds"],
@@ -413,12 +413,11 @@ class Trainer:
                 model_store.publish_latest(final, self.inputs.ds)
         self.place.barrier()
 
-    def _meta(self, digests: list[str]) -> dict[str, Any]:
+    def _meta(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "model_version": self.inputs.model_version, "ds": self.inputs.ds, "role": self.inputs.role,
             "warm_start": self.inputs.warm_start,
-            "world_size": self.place.world_size,
-            "device": str(self.place.device),
+            "world_size": self.place.world_size, "device": str(self.place.device),
             "table_version": self.inputs.table_version,
             "input_versions": self.inputs.input_versions,
             "train": redaction.redacted(self.inputs.train),
@@ -428,8 +427,9 @@ class Trainer:
             "resumed_from_epoch": self.resumed_from,
             "restarts": int(os.environ.get(RESTARTS_ENV, 0)),
             "train_seconds": round(time.time() - self.started, 2),
-            "weights_sha256": digests[0],
-            "rank_weights_sha256": digests,
+            "weights_sha256": ranks[0]["weights_sha256"],
+            "rank_weights_sha256": [r["weights_sha256"] for r in ranks],
+            "ranks": ranks,  # host, pid and working directory of each rank (a Spark executor's on a cluster)
             "mlflow_run_id": self.tracker.run_id,
         }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,12 +29,11 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def read_yaml(path: Path) -> dict:
-    """A YAML file that must hold a mapping."""
+def read_yaml(path: Path | Traversable) -> dict:
+    """A YAML file that must hold a mapping (a file, or a resource inside a wheel)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

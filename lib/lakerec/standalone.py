@@ -1,0 +1,253 @@
+"""A Spark standalone cluster on this machine, and the nightly pipeline submitted to it (``make run-cluster``).
+
+The master and workers are pyspark's own (``bin/spark-class``), listen on 127.0.0.1 only, and are
+stopped whatever happens. Every job goes through spark-submit in client mode against the master,
+with the built wheel as ``--py-files`` and the config packaged in it, from a working directory
+outside the checkout; the train job's TorchDistributor runs the DDP ranks as barrier tasks on the
+executors. The last line sums the run up:
+
+    cluster run ok master=spark://127.0.0.1:<port> executors=E train_ranks_on_executors=R recommendations=N
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import psutil
+import yaml
+
+from lakerec.cli import setup_logging
+from lakerec.config import REPO_ROOT, load_config
+from lakerec.pipeline import STAGES
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+RESULT = re.compile(r"lakerec (\w+) result: (\{.*\})$", re.MULTILINE)
+
+
+@dataclass
+class Cluster:
+    """A running standalone cluster: its master URL, the master's web UI, each worker's work dir."""
+
+    master: str
+    ui: str
+    work_dirs: list[Path]
+    processes: list[subprocess.Popen]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def spark_class() -> Path:
+    """pyspark's own launcher of Spark's JVM classes: nothing else to download."""
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "bin" / "spark-class"
+
+
+def loopback_env() -> dict[str, str]:
+    """Every Spark process of the run binds its RPC, block manager and web UI to 127.0.0.1."""
+    return {**os.environ, "SPARK_LOCAL_IP": LOOPBACK, "SPARK_LOCAL_HOSTNAME": "localhost",
+            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def master_state(ui: str) -> dict:
+    with urllib.request.urlopen(f"{ui}/json/", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def listening(processes: list[subprocess.Popen]) -> set[tuple[str, int]]:
+    """Every (address, port) that the given processes and their children listen on."""
+    found = set()
+    for proc in processes:
+        try:
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for member in family:
+            try:
+                found |= {(c.laddr.ip, c.laddr.port) for c in member.net_connections("inet")
+                          if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def stop(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
+    """End each process's whole group (a worker's executors and their Python workers with it)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in processes:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        for proc in processes:
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        if all(proc.poll() is not None for proc in processes):
+            return
+
+
+@contextmanager
+def standalone(root: Path, workers: int = 2, cores: int = 1, memory: str = "3g") -> Iterator[Cluster]:
+    """Start a master and ``workers`` workers on 127.0.0.1 (logs and work dirs under ``root``); stop them on exit."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = loopback_env()
+    port, ui_port = free_port(), free_port()
+    master, ui = f"spark://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{ui_port}"
+    processes: list[subprocess.Popen] = []
+
+    def launch(name: str, *args: str) -> None:
+        with open(root / f"{name}.log", "wb") as out:
+            processes.append(subprocess.Popen([str(spark_class()), *args], env=env, stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        launch("master", "org.apache.spark.deploy.master.Master", "--host", LOOPBACK, "--port", str(port),
+               "--webui-port", str(ui_port))
+        wait_for(lambda: master_state(ui)["status"] == "ALIVE", f"Spark master {master} (log {root / 'master.log'})")
+        work_dirs = [root / f"worker-{i}" for i in range(workers)]
+        for i, work_dir in enumerate(work_dirs):
+            launch(f"worker-{i}", "org.apache.spark.deploy.worker.Worker", "--host", LOOPBACK,
+                   "--cores", str(cores), "--memory", memory, "--webui-port", str(free_port()),
+                   "--work-dir", str(work_dir), master)
+        wait_for(lambda: master_state(ui)["aliveworkers"] == workers, f"{workers} workers registered with {master}")
+        exposed = {(ip, p) for ip, p in listening(processes) if not is_loopback(ip)}
+        if exposed:
+            raise RuntimeError(f"the cluster listens beyond {LOOPBACK}: {sorted(exposed)}")
+        log.info("standalone cluster up: %s, %d workers x %d cores, UI %s", master, workers, cores, ui)
+        yield Cluster(master, ui, work_dirs, processes)
+    finally:
+        stop(processes)
+        log.info("standalone cluster stopped")
+
+
+def run_config(root: Path, source: Path) -> Path:
+    """The run's own config layer: every path absolute (executors and drivers run elsewhere), and the
+    master left to spark-submit."""
+    path = root / "cluster-run.yaml"
+    path.write_text(yaml.safe_dump({
+        "warehouse": str(root / "warehouse"), "models_dir": str(root / "models"),
+        "reports_dir": str(root / "reports"), "source": {"path": str(source)},
+        "spark": {"master": "", "conf": {"spark.local.dir": str(root / "spark-tmp")}},
+        "train": {"petastorm_cache_dir": str(root / "petastorm_cache"), "ranks_on": "executors"},
+    }))
+    return path
+
+
+def submit_command(cluster: Cluster, wheel: Path, stage: str, ds: str, env: str, conf: Path,
+                   overrides: Sequence[str], executors: int) -> list[str]:
+    cfg = load_config(env, str(conf), list(overrides))
+    jars = (["--jars", ",".join(cfg.spark.delta_jars)] if cfg.spark.delta_jars
+            else ["--packages", cfg.spark.delta_package])
+    spark_submit = spark_class().parent / "spark-submit"
+    return [str(spark_submit), "--master", cluster.master, "--deploy-mode", "client", *jars,
+            "--py-files", str(wheel), "--driver-memory", cfg.spark.driver_memory,
+            "--conf", "spark.executor.cores=1", "--conf", f"spark.cores.max={executors}",
+            "--conf", "spark.executor.memory=2g", "--conf", "spark.ui.enabled=false",
+            str(REPO_ROOT / "jobs" / f"{stage}.py"), "--ds", ds, "--env", env, "--conf", str(conf),
+            *[arg for o in overrides for arg in ("--set", o)]]
+
+
+def submit(cmd: list[str], stage: str, cwd: Path, log_path: Path, timeout: float) -> dict:
+    """Run one spark-submit; returns the stage's result, as the job logged it. A failure raises with the log's tail."""
+    started = time.time()
+    with open(log_path, "w") as out:
+        proc = subprocess.run(cmd, cwd=cwd, env=loopback_env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    text = log_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"spark-submit {stage} failed (exit {proc.returncode}); log {log_path}:\n" + text[-4000:])
+    if ".whl" not in "".join(re.findall(r"lakerec \S+ from (\S+)", text)):
+        raise RuntimeError(f"{stage}: the driver did not run lakerec from the wheel; log {log_path}")
+    results = {name: json.loads(body) for name, body in RESULT.findall(text)}
+    log.info("%s finished on the cluster in %.0fs", stage, time.time() - started)
+    return results.get(stage, {})
+
+
+def executor_ranks(meta: dict, cluster: Cluster) -> tuple[int, int]:
+    """(executors of the train app, ranks whose working directory was one of them)."""
+    dirs = [Path(r["cwd"]) for r in meta.get("ranks", [])]
+    apps = {d.parent.name for d in dirs if d.parent.parent in cluster.work_dirs}
+    executors = {e for w in cluster.work_dirs for app in apps for e in (w / app).glob("*") if e.is_dir()}
+    return len(executors), sum(d in executors for d in dirs)
+
+
+def run(root: Path, ds: str, wheel: Path, source: Path, env: str, overrides: Sequence[str], workers: int = 2,
+        timeout: float = 3600.0) -> str:
+    """Submit every nightly job for ``ds`` to a fresh standalone cluster under ``root``; returns the summary line."""
+    conf = run_config(root, source)
+    work = root / "driver"  # the drivers' working directory: not the checkout
+    work.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        cluster = stack.enter_context(standalone(root / "cluster", workers=workers))
+        results = {}
+        for stage, _ in STAGES:
+            cmd = submit_command(cluster, wheel, stage, ds, env, conf, overrides, workers)
+            results[stage] = submit(cmd, stage, work, root / f"{stage}.log", timeout)
+        serving = results["train"]["serving"]
+        executors, ranks = executor_ranks(serving, cluster)
+    if ranks != serving["world_size"]:
+        raise RuntimeError(f"{ranks} of {serving['world_size']} training ranks ran on executors: {serving['ranks']}")
+    return (f"cluster run ok master={cluster.master} executors={executors} train_ranks_on_executors={ranks} "
+            f"recommendations={results['score']['rows']}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="lakerec nightly pipeline on a Spark standalone cluster on 127.0.0.1")
+    parser.add_argument("--ds", required=True, help="run date YYYY-MM-DD")
+    parser.add_argument("--env", default="local", help="conf/<env>.yaml, as packaged in the wheel")
+    parser.add_argument("--wheel", type=Path, required=True, help="the built lakerec wheel (make wheel)")
+    parser.add_argument("--root", type=Path, default=Path("cluster-run"), help="cluster, tables and logs (emptied first)")
+    parser.add_argument("--source", type=Path, default=REPO_ROOT / "data" / "ml-latest-small", help="input data")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    args = parser.parse_args(argv)
+    setup_logging()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its cluster
+    root = args.root.resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    print(run(root, args.ds, args.wheel.resolve(), args.source.resolve(), args.env, args.set, args.workers))
+
+
+if __name__ == "__main__":
+    main()
