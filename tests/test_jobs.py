@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyspark
 import pytest
+import yaml
 
 from lakerec.config import REPO_ROOT
 
@@ -59,5 +60,6 @@ def test_the_wheel_runs_without_a_checkout(tmp_path):
     out = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True,
                                     text=True, check=True).stdout)
     assert out["module"].startswith(str(wheel)) and out["conf"].startswith(str(wheel))
-    assert out["checkout"] is False and out["epochs"] == 2  # conf/smoke.yaml, read from inside the wheel
+    smoke = yaml.safe_load((REPO_ROOT / "conf" / "smoke.yaml").read_text())
+    assert out["checkout"] is False and out["epochs"] == smoke["train"]["epochs"]  # read from inside the wheel
     assert out["warehouse"] == str(elsewhere / "warehouse")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -217,8 +217,7 @@ def run(root: Path, ds: str, wheel: Path, source: Path, env: str, overrides: Seq
     conf = run_config(root, source)
     work = root / "driver"  # the drivers' working directory: not the checkout
     work.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        cluster = stack.enter_context(standalone(root / "cluster", workers=workers))
+    with standalone(root / "cluster", workers=workers) as cluster:
         results = {}
         for stage, _ in STAGES:
             cmd = submit_command(cluster, wheel, stage, ds, env, conf, overrides, workers)
