@@ -1,9 +1,9 @@
 """`make test-airflow`: the DAG in a real Airflow 3, in its own virtualenv (its pins clash with the pipeline's).
 
 Run by the Airflow virtualenv's Python. It loads airflow/lakerec_nightly.py with a DagBag (no import
-errors, no deprecation warnings, the contract of every task), then runs one whole DAG run with
-`airflow dags test` on the embedded data: each task spark-submits a job in local mode with the
-pipeline's own virtualenv, into tables under --root. The last line is
+errors, no deprecation warnings, the contract of every task), fires the failure callback, then runs
+one whole DAG run with `airflow dags test` on the embedded data: each task spark-submits a job in
+local mode with the pipeline's own virtualenv, into tables under --root. The last line is
     airflow dag run state=success tasks=T
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "airflow" / "lakerec_nightly.py"
@@ -46,8 +47,8 @@ def airflow_env(root: Path, pipeline_python: Path, env: str, submit_args: str) -
     }
 
 
-def check_dagbag() -> int:
-    """Load the DAG as the scheduler would; returns its task count. Raises on any problem."""
+def check_dagbag():
+    """Load the DAG as the scheduler would; returns it. Raises on any problem."""
     from airflow.dag_processing.dagbag import DagBag
 
     with warnings.catch_warnings(record=True) as caught:
@@ -76,7 +77,22 @@ def check_dagbag() -> int:
     if problems:
         raise SystemExit("DAG contract: " + "; ".join(problems))
     print(f"DagBag: {DAG_ID} loaded, no import errors, no deprecation warnings, tasks {stages}")
-    return len(stages)
+    return dag
+
+
+def check_failure_hook(dag, root: Path) -> None:
+    """A task's failure callback runs `lakerec_alert_command` with the failure's details in its environment."""
+    out = root / "alert.env"
+    os.environ["AIRFLOW_VAR_LAKEREC_ALERT_COMMAND"] = f"sh -c 'env > {out}'"
+    callbacks = dag.get_task("train").on_failure_callback
+    ti = SimpleNamespace(dag_id=DAG_ID, task_id="train", try_number=2, log_url="http://127.0.0.1/log")
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        callback({"ti": ti, "ds": "2026-11-29", "exception": RuntimeError("rank 1 died")})
+    fired = out.read_text() if out.is_file() else ""
+    if f"LAKEREC_FAILED_TASK={DAG_ID}.train" not in fired or "LAKEREC_ERROR=rank 1 died" not in fired:
+        raise SystemExit(f"the failure callback did not run lakerec_alert_command with the details: {fired[:500]!r}")
+    del os.environ["AIRFLOW_VAR_LAKEREC_ALERT_COMMAND"]
+    print("failure callback: ran lakerec_alert_command with the failed task's details")
 
 
 def airflow(env: dict[str, str], *args: str, log: Path, timeout: float) -> str:
@@ -115,7 +131,9 @@ def main() -> None:
     log = root / "airflow.log"
     airflow(env, "db", "migrate", log=log, timeout=600)
     os.environ.update(env)  # before Airflow is imported: its home and database are this run's
-    tasks = check_dagbag()
+    dag = check_dagbag()
+    check_failure_hook(dag, root)
+    tasks = len(dag.tasks)
     airflow(env, "pools", "set", "lakerec", "1", "lakerec nightly", log=log, timeout=120)
     airflow(env, "dags", "test", DAG_ID, args.ds, log=log, timeout=args.timeout)
     runs = json_output(airflow(env, "dags", "list-runs", DAG_ID, "--output", "json", log=log, timeout=120))
