@@ -15,7 +15,6 @@ from conftest import PIPELINE_DS, crash_at_each_new_write, crash_at_every_write,
 from lakerec import embed, evaluate, faults, features, ingest, model_store, score, tables, train
 from lakerec.features import extend_id_map, update_id_map
 from lakerec.model_store import SERVING
-from lakerec.trainer import train_worker
 
 pytestmark = pytest.mark.faults
 DS = "2026-01-01"
@@ -166,9 +165,9 @@ def test_a_crash_after_each_training_write_then_a_rerun_converges(spark, tiny_so
     """One rank, in this process (the launcher's process boundary aside, the worker's own code): a crash
     after each checkpoint, model.pt, meta.json, the rename and LATEST, each rerun resuming from what the
     crash before it left, converges to the model of a run that never crashed."""
-    monkeypatch.setattr(train, "launch", lambda cfg, inputs_path: train_worker(str(inputs_path)))
     configs = [make_config(tmp_path / name, tiny_source, "embed.enabled=false", "nightly.backtest_every=0",
-                           "train.epochs=2", "train.num_processes=1", "train.reader_workers=1")  # one reader: fixed order
+                           "train.epochs=2", "train.num_processes=1", "train.reader_workers=1",  # one reader: fixed order
+                           "train.launcher=in_process", "train.max_restarts=0")  # a crash ends the run
                for name in ("clean", "crashing")]
     clean, crashing = configs
     ingest.run(spark, clean, DS)
