@@ -61,7 +61,7 @@ SUBMIT = (
 )
 ENV = {
     "LAKEREC_HOME": "{{ var.value.lakerec_home }}",
-    "LAKEREC_SUBMIT_ARGS": "{{ var.value.get('lakerec_submit_args', '--packages io.delta:delta-spark_2.13:4.0.1') }}",
+    "LAKEREC_SUBMIT_ARGS": "{{ var.value.get('lakerec_submit_args', '--packages io.delta:delta-spark_4.2_2.13:4.4.0') }}",
     "LAKEREC_ENV": "{{ var.value.get('lakerec_env', 'cluster') }}",
     "LAKEREC_CONF": "{{ var.value.get('lakerec_conf', '') }}",
     "LAKEREC_SPARK_SUBMIT": "{{ var.value.get('lakerec_spark_submit', 'spark-submit') }}",

@@ -8,7 +8,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$tmp/wheels" pyarrow==14.0.2 numpy==1.26.4 petastorm==0.13.1 dill diskcache future pyzmq
+    -d "$tmp/wheels" pyarrow==26.0.1 numpy==2.4.6 petastorm==0.13.1 dill diskcache future pyzmq
 mkdir -p "$tmp/site" "$dest"
 for wheel in "$tmp"/wheels/*.whl; do unzip -q -o "$wheel" -d "$tmp/site"; done
 cd "$tmp/site"

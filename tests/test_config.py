@@ -14,7 +14,7 @@ def test_defaults_load_and_overrides_apply():
     assert cfg.train.epochs == 3
     assert cfg.score.top_n == 7
     assert cfg.evaluate.k == [5, 10]
-    assert cfg.spark.delta_package == "io.delta:delta-spark_2.13:4.0.1"
+    assert cfg.spark.delta_package == "io.delta:delta-spark_4.2_2.13:4.4.0"
 
 
 @pytest.mark.parametrize(

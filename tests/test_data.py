@@ -273,7 +273,7 @@ def test_row_groups_come_from_each_footer_once_and_match_petastorms_split(tmp_pa
         path = tmp_path / f"part-{n}.parquet"
         pq.write_table(pa.table({"user_idx": np.arange(n, dtype=np.int32)}), path, row_group_size=rows_per_group)
         paths.append(str(path))
-    dataset = pq.ParquetDataset(paths, use_legacy_dataset=True)
+    dataset = data.ParquetDataset(paths)  # the legacy dataset petastorm is given (lakerec.petastorm_bridge)
     expected = [(p.path, p.row_group) for piece in dataset.pieces for p in _split_piece(piece, dataset.fs.open)]
     assert [(p.path, p.row_group) for p in data._split_row_groups_from_cached_footers(dataset)] == expected
     assert len(expected) == 3 + 5

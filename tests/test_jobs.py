@@ -22,7 +22,7 @@ def _overrides(tmp_path: Path, source: Path) -> list[str]:
 @pytest.mark.slow
 def test_ingest_job_runs_under_spark_submit(spark, tiny_source, tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    cmd = [str(SPARK_SUBMIT), "--master", "local[1]", "--packages", "io.delta:delta-spark_2.13:4.0.1",
+    cmd = [str(SPARK_SUBMIT), "--master", "local[1]", "--packages", "io.delta:delta-spark_4.2_2.13:4.4.0",
            str(REPO_ROOT / "jobs" / "ingest.py"), "--ds", "2026-02-01", *_overrides(tmp_path, tiny_source)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

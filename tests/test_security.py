@@ -310,7 +310,7 @@ def test_hostile_variables_and_ds_stay_single_arguments_and_never_run(dag_tasks,
 
 def test_the_dag_defaults_submit_with_the_delta_package_and_the_cluster_env(dag_tasks, tmp_path):
     ran = _run_task(dag_tasks[-1], "2026-11-25", {"lakerec_home": str(tmp_path)}, tmp_path)
-    assert ran["argv"] == ["--packages", "io.delta:delta-spark_2.13:4.0.1", "jobs/evaluate.py",
+    assert ran["argv"] == ["--packages", "io.delta:delta-spark_4.2_2.13:4.4.0", "jobs/evaluate.py",
                            "--ds", "2026-11-25", "--env", "cluster"]
 
 

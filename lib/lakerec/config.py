@@ -56,7 +56,7 @@ class SparkConfig:
     app_name: str = setting("lakerec", "Spark application name")
     driver_memory: str = setting("4g", "`spark.driver.memory`")
     shuffle_partitions: int = setting(8, "`spark.sql.shuffle.partitions`")
-    delta_package: str = setting("io.delta:delta-spark_2.13:4.0.1", "from Maven Central, via `spark.jars.packages`")
+    delta_package: str = setting("io.delta:delta-spark_4.2_2.13:4.4.0", "from Maven Central, via `spark.jars.packages`")
     delta_jars: list[str] = setting(factory=list, doc="local jars (air-gapped): when set they replace `delta_package`")
     arrow_batch_size: int = setting(10000, "rows per Arrow batch into the Python UDFs (the scorer, the embedder)")
     conf: dict[str, str] = setting(factory=dict, doc="any other Spark setting, e.g. `{spark.executor.memory: 8g}`")

@@ -18,6 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from lakerec import petastorm_bridge
+from lakerec.petastorm_bridge import LocalFileSystem, ParquetDataset, ParquetDatasetPiece
+
+petastorm_bridge.install()  # petastorm 0.13.1 imports pyarrow names that pyarrow 16 removed
+
 from petastorm import arrow_reader_worker, make_batch_reader
 from petastorm import pytorch as petastorm_pytorch
 from petastorm import reader as petastorm_reader
@@ -27,7 +33,6 @@ from petastorm.pytorch import BatchedDataLoader
 from petastorm.reader_impl.pytorch_shuffling_buffer import BatchedShufflingBufferBase
 from petastorm.workers_pool.thread_pool import ThreadPool
 from petastorm.workers_pool.ventilator import ConcurrentVentilator
-from pyarrow.filesystem import LocalFileSystem
 
 if TYPE_CHECKING:  # GPU trainer nodes have no Spark: only the driver-side helpers need it
     from petastorm.spark import SparkDatasetConverter
@@ -164,7 +169,7 @@ def _read_row_group(self: ArrowReaderWorker, piece, pq_file, column_names: set, 
 _row_groups_per_file: dict[str, int] = {}
 
 
-def _split_row_groups_from_cached_footers(dataset: pq.ParquetDataset) -> list:
+def _split_row_groups_from_cached_footers(dataset: ParquetDataset) -> list:
     """One piece per row group, like petastorm's footer split, reading each file's footer once per process.
 
     The trainer builds a fresh reader every epoch (that is what reshuffles the row groups), and
@@ -175,8 +180,7 @@ def _split_row_groups_from_cached_footers(dataset: pq.ParquetDataset) -> list:
     for piece in dataset.pieces:
         if piece.path not in _row_groups_per_file:
             _row_groups_per_file[piece.path] = piece.get_metadata().num_row_groups
-        pieces += [pq.ParquetDatasetPiece(piece.path, open_file_func=dataset.fs.open, row_group=group,
-                                          partition_keys=piece.partition_keys)
+        pieces += [ParquetDatasetPiece(piece.path, open_file_func=dataset.fs.open, row_group=group)
                    for group in range(_row_groups_per_file[piece.path])]
     return pieces
 
@@ -188,9 +192,7 @@ def install_petastorm_patches() -> None:
     from module-level names, so the fixes go in by rebinding those names. Called by every reader
     this module opens, not at import: importing lakerec changes no other library.
     """
-    # petastorm on pyarrow 14 warns about its own deprecated pyarrow calls on every reader, and
-    # about the legacy ParquetDataset API that the patches must use because petastorm does.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.|lakerec\.data")
+    # petastorm leaves its files to the garbage collector.
     warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
     # Row groups arrive as read-only numpy arrays; batches are views that the trainer only reads.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -220,6 +222,7 @@ def spark_converter(
     The converter caches by query plan, so the same pinned version is materialised once per Spark
     application; ``converter.file_urls`` is a file list that ``iterate_batches`` reads.
     """
+    petastorm_bridge.install("petastorm.spark")
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, _as_url(cache_dir))

@@ -16,7 +16,7 @@ MAVEN_HINT = (
     "Spark could not start. With the default config the Delta jars ({package}) are fetched from "
     "Maven Central through spark.jars.packages on first use and cached in ~/.ivy2: check that this "
     "machine reaches Maven Central (or a mirror set in ~/.m2/settings.xml / spark.jars.ivySettings), "
-    "or set spark.delta_jars in config to local delta-spark_2.13 and delta-storage jars. "
+    "or set spark.delta_jars in config to local delta-spark_4.2_2.13 and delta-storage jars. "
     "Also check that JAVA_HOME points at Java 17 (Spark 4 needs it)."
 )
 
@@ -52,7 +52,7 @@ def build_spark(cfg: Config) -> SparkSession:
     """Return the active SparkSession, creating one with Delta Lake and Arrow configured.
 
     Under spark-submit the JVM already exists: the master and jars come from the command line
-    (``--packages io.delta:delta-spark_2.13:4.0.1``), and the SQL settings still apply.
+    (``--packages io.delta:delta-spark_4.2_2.13:4.4.0``), and the SQL settings still apply.
     """
     sc = cfg.spark
     # Python workers must run the interpreter that runs the driver (the project's venv).
