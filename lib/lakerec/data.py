@@ -190,7 +190,8 @@ def install_petastorm_patches() -> None:
 
     make_batch_reader builds its pool and ventilator, and BatchedDataLoader its no-shuffle buffer,
     from module-level names, so the fixes go in by rebinding those names. Called by every reader
-    this module opens, not at import: importing lakerec changes no other library.
+    this module opens, not at import. (What importing this module does install is
+    ``petastorm_bridge``: names petastorm's own modules lost, nothing that changes their behaviour.)
     """
     # petastorm leaves its files to the garbage collector.
     warnings.filterwarnings("ignore", category=ResourceWarning, module=r"petastorm\.")
