@@ -73,8 +73,7 @@ def test_legacy_dataset_and_pieces_read_row_groups(files):
     assert dataset.pieces[0].get_metadata().num_row_groups == 2
     piece = petastorm_bridge.ParquetDatasetPiece(files[0], open_file_func=dataset.fs.open, row_group=1)
     assert piece.read(columns={"user_idx"}).column("user_idx").to_pylist() == [3, 4, 5]
-    assert dataset.read(columns=["user_idx"]).num_rows == 8
-    assert dataset.schema.to_arrow_schema().names == ["user_idx", "title", "rating"]
+    assert petastorm_bridge.ParquetDatasetPiece(files[1]).read().num_rows == 2
 
 
 def test_what_is_not_bridged_fails_with_a_clear_error(files, tmp_path):

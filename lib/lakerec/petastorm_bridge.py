@@ -72,9 +72,6 @@ class LocalFileSystem(FileSystem):
     def isdir(self, path) -> bool:
         return os.path.isdir(os.fspath(path))
 
-    def isfile(self, path) -> bool:
-        return os.path.isfile(os.fspath(path))
-
 
 class _HdfsRemoved:
     """``pyarrow.hdfs`` left with pyarrow 16: petastorm's ``hdfs://`` reads through it cannot be bridged."""
@@ -127,12 +124,10 @@ class ParquetDatasetPiece:
     def get_metadata(self) -> pq.FileMetaData:
         return self.open().metadata
 
-    def read(self, columns=None, use_threads: bool = True, partitions=None, file=None,
-             use_pandas_metadata: bool = False) -> pa.Table:
+    def read(self, columns=None, use_threads: bool = True, partitions=None) -> pa.Table:
         """The piece's rows (its row group, or the whole file); ``partitions`` is always None here."""
-        reader = pq.ParquetFile(file, **self.file_options) if file is not None else self.open()
-        options = {"columns": None if columns is None else list(columns), "use_threads": use_threads,
-                   "use_pandas_metadata": use_pandas_metadata}
+        reader = self.open()
+        options = {"columns": None if columns is None else list(columns), "use_threads": use_threads}
         if self.row_group is None:
             return reader.read(**options)
         return reader.read_row_group(self.row_group, **options)
@@ -145,8 +140,8 @@ class ParquetDataset:
     legacy keywords petastorm passes (``validate_schema``, ``metadata_nthreads``) change nothing.
     """
 
-    def __init__(self, path_or_paths, filesystem=None, schema=None, metadata=None, split_row_groups: bool = False,
-                 validate_schema: bool = True, filters=None, metadata_nthreads: int | None = None, **_ignored) -> None:
+    def __init__(self, path_or_paths, filesystem=None, metadata=None, split_row_groups: bool = False, filters=None,
+                 **_legacy_keywords) -> None:
         if filters:
             raise NotImplementedError("lakerec.petastorm_bridge: ParquetDataset(filters=...) is not bridged")
         if split_row_groups:
@@ -164,18 +159,6 @@ class ParquetDataset:
         self.metadata = metadata
         self.metadata_path = None
         self.common_metadata = None
-        self.common_metadata_path = None
-        self._schema = schema
-
-    @property
-    def schema(self):
-        if self._schema is None:
-            self._schema = self.pieces[0].get_metadata().schema
-        return self._schema
-
-    def read(self, columns=None, use_threads: bool = True, use_pandas_metadata: bool = False) -> pa.Table:
-        return pa.concat_tables([piece.read(columns=columns, use_threads=use_threads,
-                                            use_pandas_metadata=use_pandas_metadata) for piece in self.pieces])
 
 
 class _Proxy(types.ModuleType):
