@@ -10,7 +10,7 @@ AIRFLOW_VENV ?= .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PINS := apache-airflow==3.3.2 apache-airflow-providers-standard==1.21.0
 
-.PHONY: install run run-cluster wheel test test-fast test-airflow bench bench-features bench-score bench-topn bench-train bench-quality bench-replay bench-gpu-bundle clean
+.PHONY: install run run-cluster wheel test test-fast test-airflow test-e2e bench bench-features bench-score bench-topn bench-train bench-quality bench-replay bench-gpu-bundle clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ test-airflow: $(AIRFLOW_STAMP)
 	$(AIRFLOW_VENV)/bin/python tests/airflow/run_dag.py --pipeline-python $(PY) --ds $(DS) --env $(ENV) \
 		--submit-args "--master local[2] $$($(PY) -c 'from lakerec.config import load_config; s = load_config().spark; print("--packages", s.delta_package, "--driver-memory", s.driver_memory)')" \
 		$(AIRFLOW_ARGS)
+
+# CI's end-to-end night: one whole DAG run in the real Airflow 3 above, each task spark-submitting
+# with the wheel to the standalone cluster of run-cluster, so one night checks both (ENV=smoke in CI).
+test-e2e: wheel $(AIRFLOW_STAMP)
+	$(PY) -m lakerec.standalone --ds $(DS) --env $(ENV) --wheel dist/lakerec-*.whl --airflow $(AIRFLOW_VENV)/bin/python
 
 # The fast tier for your own loop: unit tests and small Spark tests, no end-to-end or soak tests.
 test-fast: $(STAMP)

@@ -1,6 +1,7 @@
 """The standalone-cluster runner (`make run-cluster`): the cluster's life, its loopback-only sockets, its checks.
 
-The whole pipeline on the cluster is `make run-cluster ENV=smoke`, which CI runs after `make test`.
+The whole pipeline on the cluster is `make run-cluster`; CI runs it from the DAG in a real Airflow
+(`make test-e2e ENV=smoke`) after `make test`.
 """
 import sys
 from pathlib import Path
@@ -43,6 +44,22 @@ def test_a_submit_returns_the_stage_result_from_a_driver_that_ran_the_wheel(tmp_
         standalone.submit(_fake_submit(tmp_path, checkout), "score", tmp_path, tmp_path / "s.log", 60)
     with pytest.raises(RuntimeError, match=r"spark-submit score failed \(exit 3\)"):
         standalone.submit(_fake_submit(tmp_path, lines, code=3), "score", tmp_path, tmp_path / "s.log", 60)
+
+
+def test_stage_results_are_read_from_plain_and_airflow_logs():
+    plain = ('x INFO lakerec: lakerec score result: {"rows": 61000}\n'
+             'x INFO lakerec: lakerec evaluate result: [{"k": 10}] more\n')
+    airflow = ('2026-11-30T16:23:17Z [info     ] 2026-11-30 16:23:17,318 INFO lakerec: lakerec train result: '
+               '{"serving": {"world_size": 2, "ranks": [{"cwd": "/w/0"}]}} [airflow.task.hooks] loc=subprocess.py:106\n')
+    assert standalone.stage_results(plain + airflow) == {
+        "score": {"rows": 61000}, "evaluate": [{"k": 10}],
+        "train": {"serving": {"world_size": 2, "ranks": [{"cwd": "/w/0"}]}}}
+
+
+def test_overrides_are_refused_when_the_dag_submits_the_jobs(tmp_path):
+    with pytest.raises(ValueError, match="--set does not reach the DAG"):
+        standalone.run(tmp_path, "2026-11-30", tmp_path / "w.whl", tmp_path, "smoke", ["train.epochs=2"],
+                       airflow_python=Path(sys.executable))
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ The master and workers are pyspark's own (``bin/spark-class``), listen on 127.0.
 stopped whatever happens. Every job goes through spark-submit in client mode against the master,
 with the built wheel as ``--py-files`` and the config packaged in it, from a working directory
 outside the checkout; the train job's TorchDistributor runs the DDP ranks as barrier tasks on the
-executors. The last line sums the run up:
+executors. With ``--airflow PYTHON`` the jobs are not submitted from here: the DAG does it, in one
+whole run in a real Airflow 3 (``tests/airflow/run_dag.py`` under that interpreter), so one night
+checks both (CI's ``make test-e2e``). The last line sums the run up:
 
     cluster run ok master=spark://127.0.0.1:<port> executors=E train_ranks_on_executors=R recommendations=N
 """
@@ -38,7 +40,8 @@ from lakerec.pipeline import STAGES
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-RESULT = re.compile(r"lakerec (\w+) result: (\{.*\})$", re.MULTILINE)
+RESULT = re.compile(r"lakerec (\w+) result: (?=[{[])")
+AIRFLOW_RUNNER = REPO_ROOT / "tests" / "airflow" / "run_dag.py"
 
 
 @dataclass
@@ -174,18 +177,29 @@ def run_config(root: Path, source: Path) -> Path:
     return path
 
 
-def submit_command(cluster: Cluster, wheel: Path, stage: str, ds: str, env: str, conf: Path,
-                   overrides: Sequence[str], executors: int) -> list[str]:
+def submit_args(cluster: Cluster, wheel: Path, env: str, conf: Path, overrides: Sequence[str],
+                executors: int) -> list[str]:
+    """spark-submit's options for every job of the run: the master, Delta's jars, the wheel, executor sizes."""
     cfg = load_config(env, str(conf), list(overrides))
     jars = (["--jars", ",".join(cfg.spark.delta_jars)] if cfg.spark.delta_jars
             else ["--packages", cfg.spark.delta_package])
-    spark_submit = spark_class().parent / "spark-submit"
-    return [str(spark_submit), "--master", cluster.master, "--deploy-mode", "client", *jars,
+    return ["--master", cluster.master, "--deploy-mode", "client", *jars,
             "--py-files", str(wheel), "--driver-memory", cfg.spark.driver_memory,
             "--conf", "spark.executor.cores=1", "--conf", f"spark.cores.max={executors}",
-            "--conf", "spark.executor.memory=2g", "--conf", "spark.ui.enabled=false",
-            str(REPO_ROOT / "jobs" / f"{stage}.py"), "--ds", ds, "--env", env, "--conf", str(conf),
-            *[arg for o in overrides for arg in ("--set", o)]]
+            "--conf", "spark.executor.memory=2g", "--conf", "spark.ui.enabled=false"]
+
+
+def submit_command(args: Sequence[str], stage: str, ds: str, env: str, conf: Path,
+                   overrides: Sequence[str]) -> list[str]:
+    spark_submit = spark_class().parent / "spark-submit"
+    return [str(spark_submit), *args, str(REPO_ROOT / "jobs" / f"{stage}.py"), "--ds", ds, "--env", env,
+            "--conf", str(conf), *[arg for o in overrides for arg in ("--set", o)]]
+
+
+def stage_results(text: str) -> dict:
+    """Each stage's result, from the ``lakerec <stage> result: {...}`` lines of a log (plain or Airflow's)."""
+    decoder = json.JSONDecoder()
+    return {m.group(1): decoder.raw_decode(text, m.end())[0] for m in RESULT.finditer(text)}
 
 
 def submit(cmd: list[str], stage: str, cwd: Path, log_path: Path, timeout: float) -> dict:
@@ -198,9 +212,23 @@ def submit(cmd: list[str], stage: str, cwd: Path, log_path: Path, timeout: float
         raise RuntimeError(f"spark-submit {stage} failed (exit {proc.returncode}); log {log_path}:\n" + text[-4000:])
     if ".whl" not in "".join(re.findall(r"lakerec \S+ from (\S+)", text)):
         raise RuntimeError(f"{stage}: the driver did not run lakerec from the wheel; log {log_path}")
-    results = {name: json.loads(body) for name, body in RESULT.findall(text)}
     log.info("%s finished on the cluster in %.0fs", stage, time.time() - started)
-    return results.get(stage, {})
+    return stage_results(text).get(stage, {})
+
+
+def via_airflow(airflow_python: Path, args: Sequence[str], root: Path, ds: str, env: str, conf: Path,
+                timeout: float) -> dict:
+    """One whole DAG run in a real Airflow 3, each task spark-submitting with ``args``; returns each stage's
+    result, read from the run's log. The runner's own output (its last line included) passes through."""
+    if any(" " in arg for arg in args):
+        raise ValueError(f"lakerec_submit_args is split on whitespace: no argument may hold a space: {list(args)}")
+    cmd = [str(airflow_python), str(AIRFLOW_RUNNER), "--pipeline-python", sys.executable, "--ds", ds,
+           "--env", env, "--conf", str(conf), "--submit-args", " ".join(args), "--root", str(root),
+           "--timeout", str(timeout)]
+    proc = subprocess.run(cmd, env=loopback_env(), timeout=timeout + 600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the Airflow DAG run failed (exit {proc.returncode}); log {root / 'airflow.log'}")
+    return stage_results((root / "airflow.log").read_text(errors="replace"))
 
 
 def executor_ranks(meta: dict, cluster: Cluster) -> tuple[int, int]:
@@ -212,16 +240,24 @@ def executor_ranks(meta: dict, cluster: Cluster) -> tuple[int, int]:
 
 
 def run(root: Path, ds: str, wheel: Path, source: Path, env: str, overrides: Sequence[str], workers: int = 2,
-        timeout: float = 3600.0) -> str:
-    """Submit every nightly job for ``ds`` to a fresh standalone cluster under ``root``; returns the summary line."""
+        timeout: float = 3600.0, airflow_python: Optional[Path] = None) -> str:
+    """Submit every nightly job for ``ds`` to a fresh standalone cluster under ``root``, from here or (with
+    ``airflow_python``) from the DAG in a real Airflow; returns the summary line."""
+    if airflow_python and overrides:
+        raise ValueError("--set does not reach the DAG's tasks: put the values in a conf/<env>.yaml instead")
     conf = run_config(root, source)
     work = root / "driver"  # the drivers' working directory: not the checkout
     work.mkdir(parents=True, exist_ok=True)
     with standalone(root / "cluster", workers=workers) as cluster:
-        results = {}
-        for stage, _ in STAGES:
-            cmd = submit_command(cluster, wheel, stage, ds, env, conf, overrides, workers)
-            results[stage] = submit(cmd, stage, work, root / f"{stage}.log", timeout)
+        args = submit_args(cluster, wheel, env, conf, overrides, workers)
+        if airflow_python:
+            results = via_airflow(airflow_python, args, root / "airflow", ds, env, conf, timeout)
+        else:
+            results = {stage: submit(submit_command(args, stage, ds, env, conf, overrides), stage, work,
+                                     root / f"{stage}.log", timeout) for stage, _ in STAGES}
+        missing = [stage for stage, _ in STAGES if stage not in results]
+        if missing:
+            raise RuntimeError(f"no result logged by {missing}")
         serving = results["train"]["serving"]
         executors, ranks = executor_ranks(serving, cluster)
     if ranks != serving["world_size"]:
@@ -239,13 +275,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--source", type=Path, default=REPO_ROOT / "data" / "ml-latest-small", help="input data")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    parser.add_argument("--airflow", type=Path, metavar="PYTHON",
+                        help="an Airflow 3 virtualenv's python: the DAG submits the jobs, in one `airflow dags test` run")
     args = parser.parse_args(argv)
     setup_logging()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its cluster
     root = args.root.resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    print(run(root, args.ds, args.wheel.resolve(), args.source.resolve(), args.env, args.set, args.workers))
+    airflow = args.airflow.absolute() if args.airflow else None
+    print(run(root, args.ds, args.wheel.resolve(), args.source.resolve(), args.env, args.set, args.workers,
+              airflow_python=airflow))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Run by the Airflow virtualenv's Python. It loads airflow/lakerec_nightly.py with a DagBag (no import
 errors, no deprecation warnings, the contract of every task), fires the failure callback, then runs
-one whole DAG run with `airflow dags test` on the embedded data: each task spark-submits a job in
-local mode with the pipeline's own virtualenv, into tables under --root. The last line is
+one whole DAG run with `airflow dags test` on the embedded data: each task spark-submits a job with
+the pipeline's own virtualenv and --submit-args (`make test-airflow`: local mode), into tables under
+--root, or where --conf says (`lakerec.standalone --airflow`: on its cluster). The last line is
     airflow dag run state=success tasks=T
 """
 from __future__ import annotations
@@ -24,14 +25,19 @@ DAG_FILE = REPO / "airflow" / "lakerec_nightly.py"
 DAG_ID = "lakerec_nightly"
 
 
-def airflow_env(root: Path, pipeline_python: Path, env: str, submit_args: str) -> dict[str, str]:
-    """Airflow's home, database and DAG folder under ``root``, and the DAG's Variables (AIRFLOW_VAR_*)."""
-    run_conf = root / "run.yaml"
-    run_conf.write_text(json.dumps({  # JSON is YAML: every path absolute, the tables of this run only
+def run_conf(root: Path) -> Path:
+    """The run's lakerec_conf: every path absolute, the tables of this run only, under ``root``."""
+    path = root / "run.yaml"
+    path.write_text(json.dumps({  # JSON is YAML
         "warehouse": str(root / "warehouse"), "models_dir": str(root / "models"),
         "reports_dir": str(root / "reports"), "spark": {"conf": {"spark.local.dir": str(root / "spark-tmp")}},
         "train": {"petastorm_cache_dir": str(root / "petastorm_cache")},
     }))
+    return path
+
+
+def airflow_env(root: Path, pipeline_python: Path, env: str, submit_args: str, conf: Path) -> dict[str, str]:
+    """Airflow's home, database and DAG folder under ``root``, and the DAG's Variables (AIRFLOW_VAR_*)."""
     return {
         **os.environ,
         "AIRFLOW_HOME": str(root / "airflow-home"),
@@ -40,7 +46,7 @@ def airflow_env(root: Path, pipeline_python: Path, env: str, submit_args: str) -
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow.db'}",
         "AIRFLOW_VAR_LAKEREC_HOME": str(REPO),
         "AIRFLOW_VAR_LAKEREC_ENV": env,
-        "AIRFLOW_VAR_LAKEREC_CONF": str(run_conf),
+        "AIRFLOW_VAR_LAKEREC_CONF": str(conf),
         "AIRFLOW_VAR_LAKEREC_PYTHON": str(pipeline_python),
         "AIRFLOW_VAR_LAKEREC_SPARK_SUBMIT": str(pipeline_python.parent / "spark-submit"),
         "AIRFLOW_VAR_LAKEREC_SUBMIT_ARGS": submit_args,
@@ -122,12 +128,14 @@ def main() -> None:
     parser.add_argument("--env", default="local", help="lakerec_env: conf/<env>.yaml")
     parser.add_argument("--submit-args", required=True, help="lakerec_submit_args: master, --packages or --jars")
     parser.add_argument("--root", type=Path, default=REPO / "airflow-run", help="emptied first")
+    parser.add_argument("--conf", type=Path, help="lakerec_conf (default: one putting every table under --root)")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     root = args.root.resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    env = airflow_env(root, args.pipeline_python.absolute(), args.env, args.submit_args)
+    conf = args.conf.resolve() if args.conf else run_conf(root)
+    env = airflow_env(root, args.pipeline_python.absolute(), args.env, args.submit_args, conf)
     log = root / "airflow.log"
     airflow(env, "db", "migrate", log=log, timeout=600)
     os.environ.update(env)  # before Airflow is imported: its home and database are this run's
