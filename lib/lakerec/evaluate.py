@@ -180,8 +180,9 @@ def model_rating_errors(spark: SparkSession, silver: DataFrame, cfg: Config, mod
             prediction = predictor.predict(model, frame[USER_IDX].to_numpy(), frame[ITEM_IDX].to_numpy())
             yield pd.DataFrame({PREDICTION: np.clip(prediction, low, high), RATING: frame[RATING]})
 
-    predictions = test.mapInPandas(predict, f"{PREDICTION} double, {RATING} double")
+    predictions = test.mapInPandas(predict, f"{PREDICTION} double, {RATING} double").cache()  # predicted once
     errors = rating_errors(predictions) if predictions.limit(1).count() else None
+    predictions.unpersist()
     broadcast.destroy()
     return errors
 
