@@ -196,6 +196,11 @@ def submit_command(args: Sequence[str], stage: str, ds: str, env: str, conf: Pat
             "--conf", str(conf), *[arg for o in overrides for arg in ("--set", o)]]
 
 
+def driver_sources(text: str) -> list[str]:
+    """Where each driver in a log imported lakerec from (the ``lakerec <version> from <path>`` line of a job)."""
+    return re.findall(r"lakerec \S+ from (\S+)", text)
+
+
 def stage_results(text: str) -> dict:
     """Each stage's result, from the ``lakerec <stage> result: {...}`` lines of a log (plain or Airflow's)."""
     decoder = json.JSONDecoder()
@@ -210,7 +215,7 @@ def submit(cmd: list[str], stage: str, cwd: Path, log_path: Path, timeout: float
     text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"spark-submit {stage} failed (exit {proc.returncode}); log {log_path}:\n" + text[-4000:])
-    if ".whl" not in "".join(re.findall(r"lakerec \S+ from (\S+)", text)):
+    if ".whl" not in "".join(driver_sources(text)):
         raise RuntimeError(f"{stage}: the driver did not run lakerec from the wheel; log {log_path}")
     log.info("%s finished on the cluster in %.0fs", stage, time.time() - started)
     return stage_results(text).get(stage, {})
@@ -226,9 +231,14 @@ def via_airflow(airflow_python: Path, args: Sequence[str], root: Path, ds: str, 
            "--env", env, "--conf", str(conf), "--submit-args", " ".join(args), "--root", str(root),
            "--timeout", str(timeout)]
     proc = subprocess.run(cmd, env=loopback_env(), timeout=timeout + 600)
+    log_path = root / "airflow.log"
     if proc.returncode != 0:
-        raise RuntimeError(f"the Airflow DAG run failed (exit {proc.returncode}); log {root / 'airflow.log'}")
-    return stage_results((root / "airflow.log").read_text(errors="replace"))
+        raise RuntimeError(f"the Airflow DAG run failed (exit {proc.returncode}); log {log_path}")
+    text = log_path.read_text(errors="replace")
+    sources = driver_sources(text)
+    if len(sources) != len(STAGES) or not all(".whl" in source for source in sources):
+        raise RuntimeError(f"not every task's driver ran lakerec from the wheel: {sources}; log {log_path}")
+    return stage_results(text)
 
 
 def executor_ranks(meta: dict, cluster: Cluster) -> tuple[int, int]:
