@@ -14,13 +14,16 @@ AIRFLOW_PINS := apache-airflow==3.3.2 apache-airflow-providers-standard==1.21.0
 
 install: $(STAMP)
 
-# uv installs from the pip cache in seconds on a second checkout; petastorm goes in --no-deps
+# uv installs from its cache in seconds on a second checkout; petastorm goes in --no-deps
 # (it declares setuptools<70, which torch refuses; its real needs are in pyproject.toml).
+# pyspark ships only as an sdist, and each install can leave another ~1 GB build of it in uv's cache,
+# so the install ends by pruning what no longer resolves (a full disk failed a CI install).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
 	$(VENV)/bin/uv pip install --python $(PY) -e '.[dev,text,mlflow]'
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps petastorm==0.13.1
+	$(VENV)/bin/uv cache prune --quiet
 	touch $(STAMP)
 
 run: $(STAMP)
