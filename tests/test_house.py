@@ -49,6 +49,13 @@ def import_facts() -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def test_ingest_and_features_do_not_import_torch():
+    """Their drivers would pay seconds for an import they never use."""
+    probe = "import sys, lakerec.ingest, lakerec.features; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
 def test_training_workers_import_the_validation_code_without_spark(import_facts):
     """GPU nodes have no Spark."""
     assert import_facts["spark_in_validation"] == []

@@ -5,6 +5,9 @@ the end of ``ds`` (UTC), and nothing else. The features job writes the night's t
 manifest (their Delta versions) last; train, score and evaluate read those versions through
 :class:`Snapshot`. So a crash mid-features leaves the previous manifest in force, and a later
 rewrite of a table (the next night, or a backfill) never changes what another night reads.
+
+Ingest and features import this module, and their drivers need no torch: :mod:`lakerec.model_store`
+(which imports torch) is imported only where a model's role or folder is asked for.
 """
 from __future__ import annotations
 
@@ -17,9 +20,8 @@ from datetime import date, datetime, timedelta, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import model_store, tables
+from lakerec import tables
 from lakerec.config import Config
-from lakerec.model_store import BACKTEST, SERVING
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,15 @@ class Snapshot:
 
     def model_dir(self, cfg: Config, role: str) -> Path:
         """This night's finished ``role`` model (serving or backtest), or a clear error."""
+        from lakerec import model_store
+
         return model_store.finished_model_dir(cfg, self.ds, role, self.version(examples_table(role)))
 
 
 def examples_table(role: str) -> tables.Table:
     """What a role trains on: the train split (backtest) or all history as of ds (serving)."""
+    from lakerec.model_store import BACKTEST, SERVING
+
     return {BACKTEST: tables.TRAINING_EXAMPLES, SERVING: tables.SERVING_EXAMPLES}[role]
 
 
