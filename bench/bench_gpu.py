@@ -329,7 +329,7 @@ def evaluate_returned(model_dir: Path, out: Path) -> None:
         result = {}
         for name, directory in (("gpu", model_dir), ("cpu", cpu_dir)):
             recs = evaluate.ranked_lists(inputs.test_users, FactorModel.load(directory / FACTORS_FILE), name, 10, cfg)
-            result[name] = {**metrics_spark.ranking_metrics(recs, inputs.test_truth, 10),
+            result[name] = {**metrics_spark.ranking_metrics(recs, inputs.test_truth, [10])[10],
                             **(evaluate.model_rating_errors(spark, inputs.silver, cfg, directory) or {})}
         spark.stop()
     out.parent.mkdir(parents=True, exist_ok=True)

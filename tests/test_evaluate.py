@@ -72,21 +72,30 @@ def random_case(spark):
     return recs, truth, counts, genres, frames
 
 
-@pytest.mark.parametrize("k", [1, 5, 10])
-def test_spark_ranking_metrics_equal_the_python_twins(random_case, k):
+def test_spark_ranking_metrics_equal_the_python_twins_at_every_cutoff_at_once(random_case):
     recs, truth, _, _, frames = random_case
-    assert ranking_metrics(frames["recs"], frames["truth"], k) == pytest.approx(metrics.mean_ranking_metrics(recs, truth, k))
+    got = ranking_metrics(frames["recs"], frames["truth"], [10, 1, 5, 5])
+    assert list(got) == [1, 5, 10]
+    for k in (1, 5, 10):
+        assert got[k] == pytest.approx(metrics.mean_ranking_metrics(recs, truth, k))
 
 
-@pytest.mark.parametrize("k", [1, 5, 12])
-def test_spark_beyond_accuracy_metrics_equal_the_python_twins(random_case, k):
+def test_spark_beyond_accuracy_metrics_equal_the_python_twins_at_every_cutoff_at_once(random_case):
     recs, _, counts, genres, frames = random_case
-    assert catalogue_coverage(frames["recs"], 40, k) == pytest.approx(metrics.catalogue_coverage(recs, 40, k))
-    assert novelty(frames["recs"], frames["counts"], k) == pytest.approx(metrics.novelty(recs, counts, k))
-    expected = metrics.intra_list_diversity(recs, genres, k)
-    assert intra_list_diversity(frames["recs"], frames["genres"], k) == pytest.approx(expected)
-    if k > 1:
-        assert 0.0 < expected < 1.0
+    ks = [1, 5, 12]
+    coverage = catalogue_coverage(frames["recs"], 40, ks)
+    novel = novelty(frames["recs"], frames["counts"], ks)
+    diverse = intra_list_diversity(frames["recs"], frames["genres"], ks)
+    for k in ks:
+        assert coverage[k] == pytest.approx(metrics.catalogue_coverage(recs, 40, k))
+        assert novel[k] == pytest.approx(metrics.novelty(recs, counts, k))
+        assert diverse[k] == pytest.approx(metrics.intra_list_diversity(recs, genres, k))
+    assert diverse[1] == 0.0 and 0.0 < diverse[5] < 1.0 and 0.0 < diverse[12] < 1.0
+
+
+def test_spark_metrics_refuse_a_cutoff_below_one(random_case):
+    with pytest.raises(ValueError, match="cut-offs must be >= 1"):
+        ranking_metrics(random_case[4]["recs"], random_case[4]["truth"], [0, 5])
 
 
 def test_spark_rating_errors_equal_the_python_twins(spark):
@@ -102,13 +111,13 @@ def test_spark_metrics_take_other_column_names(random_case):
     names = {"user_idx": "user", "item_idx": "item", "rank": "position"}
     own = {key: df.select(*[F.col(c).alias(names.get(c, c)) for c in df.columns]) for key, df in frames.items()}
     cols = {"col_user": "user", "col_item": "item", "col_rank": "position"}
-    assert ranking_metrics(own["recs"], own["truth"], 5, **cols) == pytest.approx(
+    assert ranking_metrics(own["recs"], own["truth"], [5], **cols)[5] == pytest.approx(
         metrics.mean_ranking_metrics(recs, truth, 5))
-    assert catalogue_coverage(own["recs"], 40, 5, col_item="item", col_rank="position") == pytest.approx(
+    assert catalogue_coverage(own["recs"], 40, [5], col_item="item", col_rank="position")[5] == pytest.approx(
         metrics.catalogue_coverage(recs, 40, 5))
-    assert novelty(own["recs"], own["counts"], 5, col_item="item", col_rank="position") == pytest.approx(
+    assert novelty(own["recs"], own["counts"], [5], col_item="item", col_rank="position")[5] == pytest.approx(
         metrics.novelty(recs, counts, 5))
-    assert intra_list_diversity(own["recs"], own["genres"], 5, **cols) == pytest.approx(
+    assert intra_list_diversity(own["recs"], own["genres"], [5], **cols)[5] == pytest.approx(
         metrics.intra_list_diversity(recs, genres, 5))
 
 

@@ -144,22 +144,21 @@ def validation_ndcg(inputs: EvalInputs, cfg: Config) -> Optional[baselines.Valid
 
     def validate(model: FactorModel) -> float:
         recs = ranked_lists(inputs.val_users, model, "validation", baselines.TUNING_K, cfg)
-        return ranking_metrics(recs, inputs.val_truth, baselines.TUNING_K)["ndcg"]
+        return ranking_metrics(recs, inputs.val_truth, [baselines.TUNING_K])[baselines.TUNING_K]["ndcg"]
 
     return validate
 
 
 def list_metrics(recs: DataFrame, inputs: EvalInputs, ks: list[int]) -> list[tuple[str, int, float]]:
     """(metric, k, value) for every ranking and beyond-accuracy metric at every k."""
-    out = []
-    for k in ks:
-        values = ranking_metrics(recs, inputs.test_truth, k)
-        values["coverage"] = catalogue_coverage(recs, inputs.n_items, k)
-        values["novelty"] = novelty(recs, inputs.item_counts, k)
-        if inputs.item_genres is not None:
-            values["diversity"] = intra_list_diversity(recs, inputs.item_genres, k)
-        out += [(m, k, v) for m, v in values.items()]
-    return out
+    by_k = ranking_metrics(recs, inputs.test_truth, ks)
+    beyond = {"coverage": catalogue_coverage(recs, inputs.n_items, ks), "novelty": novelty(recs, inputs.item_counts, ks)}
+    if inputs.item_genres is not None:
+        beyond["diversity"] = intra_list_diversity(recs, inputs.item_genres, ks)
+    for name, values in beyond.items():
+        for k, value in values.items():
+            by_k[k][name] = value
+    return [(m, k, v) for k, values in by_k.items() for m, v in values.items()]
 
 
 def model_rating_errors(spark: SparkSession, silver: DataFrame, cfg: Config, model_dir: Path) -> Optional[dict[str, float]]:

@@ -49,8 +49,7 @@ def list_metrics(lists: DataFrame, truth: DataFrame, ks: list[int]) -> list[tupl
     over the users in both: the returning users."""
     truth = truth.join(lists.select("user_key").distinct(), "user_key", "left_semi").cache()
     out: list[tuple[str, int, float]] = [("returning_users", 0, float(truth.select("user_key").distinct().count()))]
-    for k in ks:
-        values = ranking_metrics(lists, truth, k, col_user="user_key", col_item="item_key")
+    for k, values in ranking_metrics(lists, truth, ks, col_user="user_key", col_item="item_key").items():
         out += [(m, k, values[m]) for m in FEEDBACK_METRICS]
     truth.unpersist()
     return out
