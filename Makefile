@@ -10,7 +10,7 @@ AIRFLOW_VENV ?= .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_PINS := apache-airflow==3.3.2 apache-airflow-providers-standard==1.21.0
 
-.PHONY: install run run-cluster wheel test test-fast test-airflow test-e2e bench bench-features bench-score bench-topn bench-train bench-quality bench-replay bench-gpu-bundle clean
+.PHONY: install run run-cluster wheel test test-fast test-airflow test-e2e bench bench-features bench-score bench-topn bench-metrics bench-train bench-quality bench-replay bench-gpu-bundle clean
 
 install: $(STAMP)
 
@@ -66,7 +66,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 # Benchmarks (BENCHMARKS.md). SCALE shrinks the synthetic shapes for a quick run, e.g. SCALE=0.1.
-bench: bench-features bench-score bench-topn bench-train bench-quality
+bench: bench-features bench-score bench-topn bench-metrics bench-train bench-quality
 
 # Ingest + features at the MovieLens 25M shape: wall time and peak memory.
 bench-features: $(STAMP)
@@ -79,6 +79,10 @@ bench-score: $(STAMP)
 # The top-N's tie-break at the cut, with and without, on one block at the MovieLens 25M shape.
 bench-topn: $(STAMP)
 	$(PY) bench/bench_topn_ties.py
+
+# An evaluation's list metrics: one Spark action per cut-off vs every cut-off in one, at the embedded data's shape.
+bench-metrics: $(STAMP)
+	$(PY) bench/bench_metrics.py
 
 # Petastorm loader vs raw pyarrow (20M training examples x SCALE) vs training (500k x SCALE).
 bench-train: $(STAMP)

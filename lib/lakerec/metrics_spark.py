@@ -96,7 +96,8 @@ def intra_list_diversity(
 
     item_genres: (item, genre_vector array<float>). Items without genres are left out; users left
     with fewer than two items do not count. With unit vectors u_i and S = sum u_i, the sum of
-    similarities over ordered pairs i != j is |S|^2 - n, so no pairwise join is needed.
+    similarities over ordered pairs i != j is |S|^2 - n, so no pairwise join is needed: each user's list
+    is gathered into one row and S summed there, per cut-off, with array functions.
     """
     ks = _cutoffs(ks)
     rank = F.col(col_rank)
@@ -106,13 +107,16 @@ def intra_list_diversity(
         col_item, F.when(F.col("norm") > 0, F.transform("genre_vector", lambda x: x / F.col("norm"))).alias("u")
     ).where(F.col("u").isNotNull())
     top = recs.where(rank <= ks[-1]).join(F.broadcast(unit), col_item)
-    n = top.groupBy(col_user).agg(*[F.count(F.when(rank <= k, 1)).alias(f"n_{k}") for k in ks])
-    sums = (top.select(col_user, col_rank, F.posexplode("u").alias("pos", "x")).groupBy(col_user, "pos")
-            .agg(*[F.sum(F.when(rank <= k, F.col("x"))).alias(f"s_{k}") for k in ks]))
-    squared = sums.groupBy(col_user).agg(*[F.sum(F.col(f"s_{k}") * F.col(f"s_{k}")).alias(f"ss_{k}") for k in ks])
-    ild = {k: F.when(F.col(f"n_{k}") >= 2, 1.0 - (F.col(f"ss_{k}") - F.col(f"n_{k}"))
-                     / (F.col(f"n_{k}") * (F.col(f"n_{k}") - 1))) for k in ks}
-    row = n.join(squared, col_user).agg(*[F.avg(ild[k]).alias(f"ild_{k}") for k in ks]).first()
+    lists = top.groupBy(col_user).agg(F.collect_list(F.struct(rank.alias("r"), F.col("u"))).alias("items"))
+    zero = F.array_repeat(F.lit(0.0), F.size(F.col("items")[0]["u"]))
+    ild = {}
+    for k in ks:
+        kept = F.filter("items", lambda item: item["r"] <= k)
+        n = F.size(kept)
+        total = F.aggregate(kept, zero, lambda acc, item: F.zip_with(acc, item["u"], lambda a, b: a + b))
+        squared = F.aggregate(total, F.lit(0.0), lambda acc, x: acc + x * x)
+        ild[k] = F.when(n >= 2, 1.0 - (squared - n) / (n * (n - 1)))
+    row = lists.agg(*[F.avg(ild[k]).alias(f"ild_{k}") for k in ks]).first()
     return {k: float(row[f"ild_{k}"] or 0.0) for k in ks}
 
 
