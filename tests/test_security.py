@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import types
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import jinja2
@@ -176,6 +176,25 @@ def test_mlflow_params_log_lines_and_json_artifacts_hold_no_credentials(recordin
     assert "MLflow run run-1 in https://alice:***@mlflow.example.com" in caplog.text
 
 
+def test_redact_inputs_cleans_a_finished_models_inputs_and_leaves_the_rest(tmp_path):
+    """What the train job runs on a model it finds finished (one whose run stopped between the rename and
+    the rewrite, or one from before the rewrite existed): credentials out, everything else as it was."""
+    from lakerec.model_store import TrainInputs, redact_inputs
+
+    train = asdict(TrainConfig(mlflow=True, mlflow_tracking_uri=MLFLOW_URI))
+    inputs = TrainInputs(model_version="mf-old", model_dir=str(tmp_path), files=["a.parquet"], table_version=3,
+                         total_rows=10, n_users=2, n_items=3, input_versions={"t": 3}, train=train)
+    inputs.save(tmp_path / "inputs.json")
+    assert _leaks((tmp_path / "inputs.json").read_text())
+    redact_inputs(tmp_path)
+    cleaned = TrainInputs.load(tmp_path / "inputs.json")
+    assert not _leaks((tmp_path / "inputs.json").read_text())
+    assert cleaned == replace(inputs, train={**train, "mlflow_tracking_uri": cleaned.train["mlflow_tracking_uri"]})
+    assert REDACTED in cleaned.train["mlflow_tracking_uri"] and sorted(p.name for p in tmp_path.iterdir()) == ["inputs.json"]
+    redact_inputs(tmp_path)  # nothing left to redact: unchanged
+    assert TrainInputs.load(tmp_path / "inputs.json") == cleaned
+
+
 def _one_tiny_parquet(folder: Path) -> list[str]:
     rng = np.random.default_rng(3)
     users = np.sort(rng.integers(0, 40, 600)).astype(np.int32)
@@ -204,10 +223,13 @@ def test_a_trained_model_folder_and_its_mlflow_run_hold_no_credentials(recording
     with caplog.at_level(logging.INFO):
         train_worker(str(model_dir / "inputs.json"))
     written = {p.name: p.read_bytes().decode("latin-1") for p in [*model_dir.rglob("*"), *checkpoint_paths(model_dir)]
-               if p.is_file() and p.name != "inputs.json"}
-    assert {"meta.json", "model.pt", "factors.npz"} <= set(written)
+               if p.is_file()}
+    assert {"inputs.json", "meta.json", "model.pt", "factors.npz"} <= set(written)
     assert {name: _leaks(text) for name, text in written.items() if _leaks(text)} == {}
     assert REDACTED in written["meta.json"]
+    # The workers read the real URI; the finished folder keeps the rest of what they were given.
+    kept = TrainInputs.load(model_dir / "inputs.json")
+    assert kept.files == files and kept.train["dim"] == 4 and REDACTED in kept.train["mlflow_tracking_uri"]
     assert not _leaks("\n".join(recording_mlflow.sent)) and not _leaks(caplog.text)
 
 

@@ -1,7 +1,7 @@
 """What a model folder holds, and the ``LATEST`` pointer: the contract between train, score and evaluate.
 
 A model is trained in ``models/.<model_version>.partial/`` and renamed to ``models/<model_version>/``
-once finished, so a model folder appears whole. It holds ``inputs.json`` (what the driver pinned for the workers),
+once finished, so a model folder appears whole. It holds ``inputs.json`` (what the driver pinned for the workers; credentials redacted once finished),
 ``checkpoints/epoch-NNNN.pt`` (rank 0, every epoch), ``best.pt`` (best validation epoch),
 ``factors.npz`` (what the scorer reads), ``rating_head.npz``, ``model.pt`` (the torch model,
 self-contained: :func:`load_model` rebuilds it) and ``meta.json`` (written last: a model that has
@@ -30,6 +30,7 @@ import torch
 from lakerec import faults
 from lakerec.config import Config, TrainConfig, resolve_path
 from lakerec.models import MatrixFactorization, RatingHead, TwoTower
+from lakerec.redaction import redacted
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,28 @@ def load_best(model_dir: Path) -> Optional[dict[str, Any]]:
 
 
 def finish(partial: Path, version: str) -> Path:
-    """Rename a trained model folder into place (atomic): readers see it whole or not at all."""
+    """Rename a trained model folder into place (atomic): readers see it whole or not at all. Then
+    its ``inputs.json`` loses the credentials only the workers needed (:func:`redact_inputs`)."""
     final = partial.parent / version
     os.replace(partial, final)
     faults.wrote(version)
+    redact_inputs(final)
     return final
+
+
+def redact_inputs(model_dir: Path) -> None:
+    """Rewrite a finished model's ``inputs.json`` with its training config redacted (an MLflow URI's
+    password or token), atomically; the next train run for the night does it too, should this one stop
+    between the rename and here. A finished model is never trained again, so nothing needs the real values."""
+    path = model_dir / INPUTS_FILE
+    if not path.is_file():
+        return
+    inputs = TrainInputs.load(path)
+    clean = redacted(inputs.train)
+    if clean != inputs.train:
+        staged = path.with_name(f".{INPUTS_FILE}.{uuid.uuid4().hex}")
+        replace(inputs, train=clean).save(staged)
+        os.replace(staged, path)
 
 
 def finished_models(root: Path) -> list[dict[str, Any]]:

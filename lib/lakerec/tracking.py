@@ -9,7 +9,8 @@ resumed run continues the MLflow run its checkpoint names instead of opening ano
 
 Credentials belong in MLflow's own ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD``. One written into the URI is hidden from the params, the logs and the
-logged ``inputs.json`` / ``meta.json``, but stays in the model folder's ``inputs.json`` for the workers.
+logged ``inputs.json`` / ``meta.json``; the model folder's ``inputs.json`` keeps it for the workers while
+they train, and loses it when the folder is renamed into place.
 """
 from __future__ import annotations
 

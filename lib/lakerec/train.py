@@ -203,7 +203,8 @@ def _train_locked(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: 
     """:func:`train_role` while this run holds ``version``'s lock."""
     finished = model_store.models_root(cfg) / version
     if (finished / META_FILE).is_file():
-        log.info("%s is already trained: not retraining it (a finished model is never rewritten)", version)
+        log.info("%s is already trained: not retraining it (a finished model is never trained again)", version)
+        model_store.redact_inputs(finished)
         if role == SERVING:
             model_store.publish_latest(finished, ds)
         return json.loads((finished / META_FILE).read_text())
