@@ -1,11 +1,11 @@
 """What a model folder holds, and the ``LATEST`` pointer: the contract between train, score and evaluate.
 
 A model is trained in ``models/.<model_version>.partial/`` and renamed to ``models/<model_version>/``
-once finished, so a model folder appears whole. It holds ``inputs.json`` (what the driver pinned for the workers; credentials redacted once finished),
-``checkpoints/epoch-NNNN.pt`` (rank 0, every epoch), ``best.pt`` (best validation epoch),
-``factors.npz`` (what the scorer reads), ``rating_head.npz``, ``model.pt`` (the torch model,
-self-contained: :func:`load_model` rebuilds it) and ``meta.json`` (written last: a model that has
-it is never rewritten). Each night trains a serving model (all history as of ``ds``: what users
+once finished, so a model folder appears whole. It holds ``inputs.json`` (what the driver pinned for
+the workers; credentials redacted once finished), ``checkpoints/epoch-NNNN.pt`` (rank 0, every
+epoch), ``best.pt`` (best validation epoch), ``factors.npz`` (what the scorer reads),
+``rating_head.npz``, ``model.pt`` (the torch model, self-contained: :func:`load_model` rebuilds it)
+and ``meta.json`` (written last: a model that has it is never trained again). Each night trains a serving model (all history as of ``ds``: what users
 get) and, when due, a backtest model (the train split: what the evaluation scores). ``models/LATEST``
 names the serving model of the latest run date, and moves forward only.
 
