@@ -87,7 +87,7 @@ def test_a_rank_exits_when_its_launcher_dies(tmp_path):
     rank = subprocess.Popen(
         [sys.executable, "-c", "import time; from lakerec import lifeline; lifeline.exit_with_launcher(0.05); "
                                "time.sleep(600)"],
-        env={**os.environ, lifeline.LAUNCHER_ENV: str(launcher.pid)})
+        env={**os.environ, lifeline.LAUNCHER_ENV: lifeline.launcher_id(launcher.pid)})
     try:
         with pytest.raises(subprocess.TimeoutExpired):
             rank.wait(timeout=1)  # its launcher lives: it keeps running
@@ -97,6 +97,20 @@ def test_a_rank_exits_when_its_launcher_dies(tmp_path):
     finally:
         for proc in (launcher, rank):
             proc.kill()
+
+
+@pytest.mark.faults
+def test_a_rank_tells_its_launcher_from_a_later_process_given_the_same_pid():
+    """The launcher is gone and its pid now names another process (this one, started at another time)."""
+    pid, started = lifeline.launcher_id(os.getpid()).split(":")
+    rank = subprocess.Popen(
+        [sys.executable, "-c", "import time; from lakerec import lifeline; lifeline.exit_with_launcher(0.05); "
+                               "time.sleep(600)"],
+        env={**os.environ, lifeline.LAUNCHER_ENV: f"{pid}:{float(started) - 60}"})
+    try:
+        assert rank.wait(timeout=60) == lifeline.EXIT_CODE
+    finally:
+        rank.kill()
 
 
 def test_latest_must_name_a_model_folder_under_models_dir(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from lakerec import faults, lifeline, model_store, validation
 from lakerec.config import Config, resolve_path
 from lakerec.data import count_rows
 from lakerec.model_store import BACKTEST, INPUTS_FILE, META_FILE, SERVING, TrainInputs, model_version, resolved_train
-from lakerec.trainer import RESTARTS_ENV, train_worker
+from lakerec.trainer import train_worker
 
 if TYPE_CHECKING:  # the driver's imports: a worker on a GPU node has no Spark
     from pyspark.sql import SparkSession
@@ -160,28 +159,25 @@ def launch(cfg: Config, inputs_path: Path, place: Optional[Placement] = None) ->
     n, restarts = cfg.train.num_processes, cfg.train.max_restarts
     lifeline.mark_launcher()  # the ranks exit should this process die
     for attempt in range(restarts + 1):
-        os.environ[RESTARTS_ENV] = str(attempt)  # recorded in meta.json by rank 0
         try:
             if cfg.train.launcher == "in_process":
-                train_worker(str(inputs_path))
+                train_worker(str(inputs_path), attempt)
             elif cfg.train.launcher == "torchrun":
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                       "-m", "lakerec.train", "--inputs", str(inputs_path)]
+                       "-m", "lakerec.train", "--inputs", str(inputs_path), "--restarts", str(attempt)]
                 subprocess.run(cmd, check=True)
             else:
                 from pyspark.ml.torch.distributor import TorchDistributor
 
                 place = place or Placement(False, torch.cuda.is_available())
                 TorchDistributor(num_processes=n, local_mode=not place.on_executors, use_gpu=place.use_gpu).run(
-                    train_worker, str(inputs_path))
+                    train_worker, str(inputs_path), attempt)
             return
         except Exception:
             if attempt == restarts:
                 raise
             log.warning("training attempt %d of %d failed; starting again from the last checkpoint",
                         attempt + 1, restarts + 1, exc_info=True)
-        finally:
-            os.environ.pop(RESTARTS_ENV, None)
 
 
 def train_role(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snapshot.Snapshot") -> dict:
@@ -236,7 +232,9 @@ def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="lakerec DDP training worker (run under torchrun)")
     parser.add_argument("--inputs", required=True, help="inputs.json written by the train job's prepare step")
-    train_worker(parser.parse_args().inputs)
+    parser.add_argument("--restarts", type=int, default=0, help="how many times the launcher started the ranks again")
+    args = parser.parse_args()
+    train_worker(args.inputs, args.restarts)
 
 
 if __name__ == "__main__":

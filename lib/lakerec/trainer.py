@@ -40,7 +40,6 @@ from lakerec.tracking import Tracker
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["user_idx", "item_idx"]
-RESTARTS_ENV = "LAKEREC_TRAIN_RESTARTS"  # how many times the launcher restarted this worker group
 
 
 def learning_rate(tc: TrainConfig, epoch: int) -> float:
@@ -188,8 +187,9 @@ class EpochTotals:
 class Trainer:
     """One rank's model, optimizer and samplers, and the state that a checkpoint carries."""
 
-    def __init__(self, inputs: TrainInputs, place: Rank) -> None:
+    def __init__(self, inputs: TrainInputs, place: Rank, restarts: int = 0) -> None:
         self.inputs, self.place, self.tc = inputs, place, TrainConfig(**inputs.train)
+        self.restarts = restarts
         self.model_dir = Path(inputs.model_dir)
         self.fingerprint = inputs.fingerprint(place.world_size)
         tc = self.tc
@@ -233,8 +233,8 @@ class Trainer:
         self.place.barrier()  # every rank has read the checkpoint before rank 0 clears stale ones
         if state is None and self.place.leader:
             shutil.rmtree(self.model_dir / model_store.CHECKPOINT_DIR, ignore_errors=True)
-        if self.place.distributed:  # side-feature buffers never change: no re-broadcast on every forward
-            self.ddp = DistributedDataParallel(self.objective, broadcast_buffers=False)
+        if self.place.distributed:  # buffers (side features, history) are the same on every rank and never change
+            self.ddp = DistributedDataParallel(self.objective, forward_sync_buffers=False)
 
     def _warm_start(self, path: str) -> None:
         """Start from the previous night's serving model: its rows for the users and items it knew."""
@@ -425,7 +425,7 @@ class Trainer:
             "final_loss": self.history[-1]["loss"],
             "best": self.best,
             "resumed_from_epoch": self.resumed_from,
-            "restarts": int(os.environ.get(RESTARTS_ENV, 0)),
+            "restarts": self.restarts,
             "train_seconds": round(time.time() - self.started, 2),
             "weights_sha256": ranks[0]["weights_sha256"],
             "rank_weights_sha256": [r["weights_sha256"] for r in ranks],
@@ -435,11 +435,12 @@ class Trainer:
 
 
 @faults.job("train")
-def train_worker(inputs_path: str) -> None:
-    """One DDP rank, start to finish: set up, restore, train epoch by epoch, publish."""
+def train_worker(inputs_path: str, restarts: int = 0) -> None:
+    """One DDP rank, start to finish: set up, restore, train epoch by epoch, publish. ``restarts`` (for meta.json)
+    is an argument, not the environment: ranks on Spark executors do not inherit the driver's."""
     lifeline.exit_with_launcher()
     place = set_up_rank()
-    trainer = Trainer(TrainInputs.load(inputs_path), place)
+    trainer = Trainer(TrainInputs.load(inputs_path), place, restarts)
     trainer.restore()
     for epoch in trainer.epochs():
         if trainer.end_epoch(epoch, trainer.run_epoch(epoch)):
