@@ -19,20 +19,24 @@ def test_embeds_all_items_then_only_changed_ones(spark, source_copy, tmp_path):
     assert vectors.shape == (n_items, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
-    again = embed.run(spark, cfg, "2026-01-02")
-    assert (again.embedded, again.reused) == (0, n_items)
-
     movies = source_copy / "movies.csv"
+    with movies.open("a") as fh:
+        fh.write("9001,A Later Film (2026),Drama\n")
+    ingest.run(spark, cfg, "2026-01-02")
+    rerun = embed.run(spark, cfg, "2026-01-01")  # a rerun of the first night sees nothing of the second's drop
+    assert (rerun.items, rerun.embedded, rerun.reused) == (n_items, 0, n_items)
+
     lines = movies.read_text().splitlines()
     lines[1] = '1,"Toy Story (1995)",Animation|Children|Comedy'
     movies.write_text("\n".join(lines) + "\n")
     ingest.run(spark, cfg, "2026-01-03")
     changed = embed.run(spark, cfg, "2026-01-03")
-    assert changed.embedded == 1
+    assert (changed.items, changed.embedded) == (n_items + 1, 2)  # the later film, and the changed text
     updated = tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).where("item_key = '1'").first()
     assert updated["embedded_ds"] == "2026-01-03"
     assert not np.allclose(updated["embedding"], rows["1"]["embedding"])
-    assert tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).count() == n_items
+    assert tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).count() == n_items + 1
+    assert embed.embeddings_by(spark, cfg, "2026-01-02").count() == n_items - 1  # neither text of the 3rd
 
 
 @pytest.mark.slow  # loads the packaged MiniLM encoder

@@ -114,6 +114,13 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
                       "features.val_fraction=0.2", "embed.enabled=false", "train.launcher=in_process")
     ingest.run(spark, cfg, "2026-01-01")
     features.run(spark, cfg, "2026-01-01")
+    # Text vectors for the twins, embedded that night, and for the loner, embedded the night after: a night's
+    # side features hold only what was embedded by then.
+    text_dim = 8
+    planted = [(key.split(",")[0], "hash", "test", [1.0] * text_dim, embedded_ds)
+               for key, embedded_ds in zip(COLD_MOVIES, ["2026-01-01", "2026-01-01", "2026-01-02"])]
+    tables.overwrite(spark.createDataFrame(planted, tables.ITEM_TEXT_EMBEDDINGS.schema), cfg,
+                     tables.ITEM_TEXT_EMBEDDINGS)
     metas = train.run(spark, cfg, "2026-01-01")
 
     assert all(m["model_version"].startswith("twotower-") for m in metas.values())
@@ -132,6 +139,8 @@ def test_two_tower_trains_with_early_stopping_and_scores_cold_items_by_content(s
     ids = {r["key"]: r["idx"] for r in tables.read(spark, cfg, tables.ID_MAP_ITEMS).collect()}
     one, two, loner = (ids[line.split(",")[0]] for line in COLD_MOVIES)
     assert not trained[[one, two, loner]].any()
+    text = item_side[:, -text_dim:]
+    assert np.all(text[[one, two]] == 1.0) and not text[loner].any()
     # Cold items have no id part and no bias: their vector comes from content alone, so equal
     # content gives equal vectors, and other content another one.
     assert np.all(factors.item_bias[[one, two, loner]] == 0)

@@ -17,7 +17,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakerec import faults, quality, tables
+from lakerec import faults, quality, snapshot, tables
 from lakerec.config import Config, EmbedConfig, resolve_path
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,11 @@ def embeddings_by(spark: SparkSession, cfg: Config, ds: str) -> Optional[DataFra
 
 @faults.job("embed")
 def run(spark: SparkSession, cfg: Config, ds: str) -> EmbedResult:
-    """Embed new or changed item texts and MERGE them into features.item_text_embeddings."""
+    """Embed new or changed texts of the items arrived by ``ds`` and MERGE them into features.item_text_embeddings."""
     if not cfg.embed.enabled or not tables.exists(spark, cfg, tables.BRONZE_ITEMS):
         log.info("embed %s: skipped (%s)", ds, "disabled" if not cfg.embed.enabled else "source has no item metadata")
         return EmbedResult(0, 0, 0)
-    texts = item_texts(tables.read(spark, cfg, tables.BRONZE_ITEMS), cfg.embed)
+    texts = item_texts(snapshot.arrived_by(tables.read(spark, cfg, tables.BRONZE_ITEMS), ds), cfg.embed)
     todo = texts
     if tables.exists(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS):
         done = tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).select("item_key", "text_hash")

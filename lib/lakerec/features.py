@@ -9,7 +9,7 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from lakerec import faults, quality, snapshot, tables
+from lakerec import embed, faults, quality, snapshot, tables
 from lakerec.config import Config, FeaturesConfig
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def side_features(spark: SparkSession, cfg: Config, n_users: int, n_items: int,
     """Dense side-feature matrices for the hybrid model, rows by user_idx / item_idx.
 
     Users: genre affinity and log activity. Items: genre multi-hot, scaled year, log popularity
-    and the text embedding (zeros where an item has none). Catalogue- and user-sized, never
+    and the text embedding as of the night (zeros where an item has none). Catalogue- and user-sized, never
     interaction-sized.
     """
     users = snap.read(spark, cfg, tables.USER_FEATURES).where(F.col("user_idx") < n_users)
@@ -334,8 +334,9 @@ def side_features(spark: SparkSession, cfg: Config, n_users: int, n_items: int,
 
     items = snap.read(spark, cfg, tables.ITEM_FEATURES).where(F.col("item_idx") < n_items)
     year = F.coalesce((F.col("year") - 1990) / 30.0, F.lit(0.0))
-    if tables.exists(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS):
-        items = items.join(tables.read(spark, cfg, tables.ITEM_TEXT_EMBEDDINGS).select("item_key", "embedding"), "item_key", "left")
+    text = embed.embeddings_by(spark, cfg, snap.ds)
+    if text is not None:
+        items = items.join(text, "item_key", "left")
     else:
         items = items.withColumn("embedding", F.lit(None).cast("array<float>"))
     item_pdf = items.select("item_idx", "genre_vector", year.alias("year"), F.log1p("popularity").alias("pop"), "embedding").toPandas()
