@@ -81,13 +81,18 @@ def test_writers_never_share_a_temporary_name_and_a_failed_write_leaves_the_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]  # no temporary left behind
 
 
+def start_rank(launcher: str) -> subprocess.Popen:
+    """A stand-in rank that watches ``launcher`` (``LAKEREC_LAUNCHER_PID``'s value) and otherwise sleeps."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; from lakerec import lifeline; lifeline.exit_with_launcher(0.05); "
+                               "time.sleep(600)"],
+        env={**os.environ, lifeline.LAUNCHER_ENV: launcher})
+
+
 @pytest.mark.faults
 def test_a_rank_exits_when_its_launcher_dies(tmp_path):
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    rank = subprocess.Popen(
-        [sys.executable, "-c", "import time; from lakerec import lifeline; lifeline.exit_with_launcher(0.05); "
-                               "time.sleep(600)"],
-        env={**os.environ, lifeline.LAUNCHER_ENV: lifeline.launcher_id(launcher.pid)})
+    rank = start_rank(lifeline.launcher_id(launcher.pid))
     try:
         with pytest.raises(subprocess.TimeoutExpired):
             rank.wait(timeout=1)  # its launcher lives: it keeps running
@@ -103,10 +108,7 @@ def test_a_rank_exits_when_its_launcher_dies(tmp_path):
 def test_a_rank_tells_its_launcher_from_a_later_process_given_the_same_pid():
     """The launcher is gone and its pid now names another process (this one, started at another time)."""
     pid, started = lifeline.launcher_id(os.getpid()).split(":")
-    rank = subprocess.Popen(
-        [sys.executable, "-c", "import time; from lakerec import lifeline; lifeline.exit_with_launcher(0.05); "
-                               "time.sleep(600)"],
-        env={**os.environ, lifeline.LAUNCHER_ENV: f"{pid}:{float(started) - 60}"})
+    rank = start_rank(f"{pid}:{float(started) - 60}")
     try:
         assert rank.wait(timeout=60) == lifeline.EXIT_CODE
     finally:
