@@ -130,7 +130,7 @@ def train_pass(root: Path, files: list[str], version: int, n_users: int, n_items
     inputs.save(model_dir / "inputs.json")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         os.environ.pop(key, None)
-    train_worker(str(model_dir / "inputs.json"))
+    train_worker([str(model_dir / "inputs.json")])
     meta = json.loads((model_dir / META_FILE).read_text())
     return {"rows": inputs.total_rows, "batch_size": batch_size, "dim": cfg.train.dim,
             "seconds": meta["train_seconds"], "examples_per_s": inputs.total_rows / meta["train_seconds"],

@@ -86,7 +86,7 @@ def reference_run(example_files, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reference")
     cfg = load_config("local", overrides=[f"models_dir={root}", "train.launcher=torchrun", "train.num_processes=2"])
     inputs_path = write_inputs(root / "mf-reference", example_files)
-    launch(cfg, inputs_path)
+    launch(cfg, [inputs_path])
     return root / "mf-reference"
 
 
@@ -132,7 +132,7 @@ def test_a_run_crashed_after_an_epoch_resumes_to_the_uninterrupted_result(refere
     assert checkpoint_paths(model_dir)[-1].name == f"epoch-{CRASH_AFTER:04d}.pt"
 
     # The rerun goes through launch (torchrun, restarts allowed), as the train job would do it.
-    launch(load_config("local", overrides=[f"models_dir={tmp_path}", "train.launcher=torchrun"]), inputs_path)
+    launch(load_config("local", overrides=[f"models_dir={tmp_path}", "train.launcher=torchrun"]), [inputs_path])
 
     resumed, reference = meta(model_dir), meta(reference_run)
     assert resumed["resumed_from_epoch"] == CRASH_AFTER + 1
@@ -146,12 +146,28 @@ def test_launch_restarts_a_crashed_worker_group_from_its_checkpoint(reference_ru
     cfg = load_config("local", overrides=[f"models_dir={tmp_path}", "train.launcher=torchrun", "train.max_restarts=1"])
     model_dir = tmp_path / "mf-restarted"
     monkeypatch.setenv(FAULT_ENV, f"train.epoch_end:{CRASH_AFTER}@1")
-    launch(cfg, write_inputs(model_dir, example_files))
+    launch(cfg, [write_inputs(model_dir, example_files)])
 
     restarted, reference = meta(model_dir), meta(reference_run)
     assert restarted["restarts"] == 1
     assert restarted["resumed_from_epoch"] == CRASH_AFTER + 1
     assert restarted["weights_sha256"] == reference["weights_sha256"]
+
+
+def test_one_launch_trains_each_model_in_turn_and_a_restart_skips_the_finished_ones(example_files, tmp_path,
+                                                                                    monkeypatch):
+    """Two models in one launch (in this process): a crash after the second one's first checkpoint restarts
+    the launch with the second only, resumed; the first, finished, is not trained again."""
+    cfg = load_config("local", overrides=[f"models_dir={tmp_path}", "train.launcher=in_process", "train.max_restarts=1"])
+    first, second = (write_inputs(tmp_path / name, example_files, epochs=2, batch_size=1024)
+                     for name in ("mf-first", "mf-second"))
+    # The first model's writes: 2 checkpoints, model.pt, meta.json, its folder, LATEST; then the second's checkpoint.
+    monkeypatch.setenv(FAULT_ENV, "train.write:7=raise")
+    launch(cfg, [first, second])
+
+    done = {path.parent.name: meta(path.parent) for path in (first, second)}
+    assert done["mf-first"]["restarts"] == 0 and done["mf-first"]["resumed_from_epoch"] is None
+    assert done["mf-second"]["restarts"] == 1 and done["mf-second"]["resumed_from_epoch"] == 1
 
 
 def test_model_pt_rebuilds_the_published_model_history_included(reference_run):
@@ -168,8 +184,8 @@ def test_training_twice_with_the_same_seed_gives_identical_weights(example_files
         monkeypatch.delenv(key, raising=False)
     digests = {}
     for name, seed in (("first", 5), ("second", 5), ("other_seed", 6)):
-        train_worker(str(write_inputs(tmp_path / name, example_files, epochs=2, batch_size=1024, seed=seed,
-                                      softmax_negatives=200)))  # 800 items: the sampled softmax
+        train_worker([str(write_inputs(tmp_path / name, example_files, epochs=2, batch_size=1024, seed=seed,
+                                       softmax_negatives=200))])  # 800 items: the sampled softmax
         digests[name] = meta(tmp_path / name)["weights_sha256"]
     assert digests["first"] == digests["second"]
     assert digests["other_seed"] != digests["first"]
@@ -179,11 +195,11 @@ def test_a_checkpoint_of_other_inputs_is_not_resumed(example_files, tmp_path, mo
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
     model_dir = tmp_path / "mf-changed"
-    train_worker(str(write_inputs(model_dir, example_files, epochs=1, batch_size=1024, lr=0.01)))
-    train_worker(str(write_inputs(model_dir, example_files, epochs=2, batch_size=1024, lr=0.05)))
+    train_worker([str(write_inputs(model_dir, example_files, epochs=1, batch_size=1024, lr=0.01))])
+    train_worker([str(write_inputs(model_dir, example_files, epochs=2, batch_size=1024, lr=0.05))])
     assert meta(model_dir)["resumed_from_epoch"] is None
     assert len(meta(model_dir)["history"]) == 2
-    train_worker(str(write_inputs(model_dir, example_files, epochs=3, batch_size=1024, lr=0.05)))
+    train_worker([str(write_inputs(model_dir, example_files, epochs=3, batch_size=1024, lr=0.05))])
     assert meta(model_dir)["resumed_from_epoch"] == 2  # more epochs on the same inputs: continues
 
 
@@ -198,9 +214,9 @@ def test_mlflow_tracks_params_epochs_and_model_files_and_a_resumed_run_continues
     store = tmp_path / "mlruns"
     model_dir = tmp_path / "mf-tracked"
     tracked = {"batch_size": 1024, "mlflow": True, "mlflow_tracking_uri": str(store), "mlflow_experiment": "test"}
-    train_worker(str(write_inputs(model_dir, example_files, epochs=2, **tracked)))
+    train_worker([str(write_inputs(model_dir, example_files, epochs=2, **tracked))])
     first = meta(model_dir)["mlflow_run_id"]
-    train_worker(str(write_inputs(model_dir, example_files, epochs=3, **tracked)))  # resumes epoch 2
+    train_worker([str(write_inputs(model_dir, example_files, epochs=3, **tracked))])  # resumes epoch 2
 
     assert meta(model_dir)["mlflow_run_id"] == first
     client = MlflowClient(tracking_uri(str(store)))
@@ -232,11 +248,11 @@ def test_a_run_killed_after_its_early_stop_epoch_publishes_without_training_on(e
     inputs = json.loads(inputs_path.read_text())
     inputs_path.write_text(json.dumps({**inputs, "validation": str(val_path)}))
 
-    train_worker(str(inputs_path))
+    train_worker([str(inputs_path)])
     stopped = meta(model_dir)
     assert len(stopped["history"]) < 8, "no early stop: the test needs one"
     (model_dir / META_FILE).unlink()  # as if killed after the last checkpoint, before publishing
-    train_worker(str(inputs_path))
+    train_worker([str(inputs_path)])
     resumed = meta(model_dir)
     assert resumed["resumed_from_epoch"] == 8
     assert resumed["history"] == stopped["history"]

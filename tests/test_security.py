@@ -221,7 +221,7 @@ def test_a_trained_model_folder_and_its_mlflow_run_hold_no_credentials(recording
                 total_rows=count_rows(files), n_users=40, n_items=30, input_versions={}, train=train,
                 ).save(model_dir / "inputs.json")
     with caplog.at_level(logging.INFO):
-        train_worker(str(model_dir / "inputs.json"))
+        train_worker([str(model_dir / "inputs.json")])
     written = {p.name: p.read_bytes().decode("latin-1") for p in [*model_dir.rglob("*"), *checkpoint_paths(model_dir)]
                if p.is_file()}
     assert {"inputs.json", "meta.json", "model.pt", "factors.npz"} <= set(written)

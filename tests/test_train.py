@@ -27,6 +27,8 @@ def test_the_night_trains_a_backtest_and_a_serving_model_and_latest_names_the_se
         assert results["train"][role]["model_version"].startswith(f"mf-{role}-{PIPELINE_DS}-")
     assert results["train"][SERVING]["warm_start"] is None  # the first night has no earlier serving model
     assert not list(models_root(cfg).glob(".*.partial"))  # both were renamed into place when finished
+    ranks = [[r["pid"] for r in results["train"][role]["ranks"]] for role in (BACKTEST, SERVING)]
+    assert ranks[0] == ranks[1]  # one launch: the same two rank processes trained both
 
 
 @pytest.mark.parametrize("role", [BACKTEST, SERVING])

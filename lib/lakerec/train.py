@@ -4,9 +4,10 @@ Each night trains a serving model (all history as of ``ds``, warm-started from t
 when ``nightly.warm_start``) and, when due, a backtest model (the train split). ``prepare`` pins the
 examples version of the night's manifest and writes ``models/.<model_version>.partial/inputs.json``
 with the parquet files of that version; ``launch`` runs :func:`lakerec.trainer.train_worker` on
-``train.num_processes`` ranks with ``train.launcher`` (torch_distributor or torchrun), restarting a
-failed worker group; on a cluster TorchDistributor runs the ranks on the executors (``train.ranks_on``). With ``--set train.launcher=none`` only ``inputs.json`` is written; then run
-torchrun yourself (commands in :mod:`lakerec.trainer`):
+``train.num_processes`` ranks with ``train.launcher`` (torch_distributor or torchrun), the night's models
+in turn in one launch, restarting a failed worker group; on a cluster TorchDistributor runs the ranks on
+the executors (``train.ranks_on``). With ``--set train.launcher=none`` only ``inputs.json`` is written;
+then run torchrun yourself (commands in :mod:`lakerec.trainer`):
     torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/.<model_version>.partial/inputs.json
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import subprocess
 import sys
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -148,30 +150,40 @@ class Placement:
         return cls(False, torch.cuda.is_available())
 
 
-def launch(cfg: Config, inputs_path: Path, place: Optional[Placement] = None) -> None:
-    """Run ``train_worker`` on ``train.num_processes`` ranks with the configured launcher: on this node,
-    or as barrier tasks on the executors (``place``); ``in_process``: one rank, in this process.
+def launch(cfg: Config, inputs_paths: list[Path], place: Optional[Placement] = None) -> None:
+    """Run ``train_worker`` on ``train.num_processes`` ranks with the configured launcher, for each model of
+    ``inputs_paths`` in turn: on this node, or as barrier tasks on the executors (``place``); ``in_process``:
+    one rank, in this process. One launch for a night's models: starting the ranks costs more than a small
+    model's training (about 15 s on 2 CPU cores, BENCHMARKS.md "CI time").
 
-    A failed worker group is started again, fresh, up to ``train.max_restarts`` times; it resumes
-    from its last checkpoint. torchrun's own ``--max-restarts`` is not used: its restarted gloo
-    ranks could hang connecting to each other (seen here under load), a fresh torchrun does not.
+    A failed worker group is started again, fresh, up to ``train.max_restarts`` times, with the models
+    it had not finished (no ``meta.json`` in their final folder); it resumes from their last checkpoint.
+    torchrun's own ``--max-restarts`` is not used: its restarted gloo ranks could hang connecting to each
+    other (seen here under load), a fresh torchrun does not.
     """
     n, restarts = cfg.train.num_processes, cfg.train.max_restarts
+    metas = {}
+    for path in inputs_paths:
+        inputs = TrainInputs.load(path)
+        metas[path] = Path(inputs.model_dir).parent / inputs.model_version / META_FILE
     lifeline.mark_launcher()  # the ranks exit should this process die
     for attempt in range(restarts + 1):
+        pending = [str(path) for path in inputs_paths if not metas[path].is_file()]
+        if not pending:  # the failure came after every model was finished
+            return
         try:
             if cfg.train.launcher == "in_process":
-                train_worker(str(inputs_path), attempt)
+                train_worker(pending, attempt)
             elif cfg.train.launcher == "torchrun":
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                       "-m", "lakerec.train", "--inputs", str(inputs_path), "--restarts", str(attempt)]
+                       "-m", "lakerec.train", "--inputs", *pending, "--restarts", str(attempt)]
                 subprocess.run(cmd, check=True)
             else:
                 from pyspark.ml.torch.distributor import TorchDistributor
 
                 place = place or Placement(False, torch.cuda.is_available())
                 TorchDistributor(num_processes=n, local_mode=not place.on_executors, use_gpu=place.use_gpu).run(
-                    train_worker, str(inputs_path), attempt)
+                    train_worker, pending, attempt)
             return
         except Exception:
             if attempt == restarts:
@@ -180,8 +192,9 @@ def launch(cfg: Config, inputs_path: Path, place: Optional[Placement] = None) ->
                         attempt + 1, restarts + 1, exc_info=True)
 
 
-def train_role(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snapshot.Snapshot") -> dict:
-    """Train ``role``'s model for ``ds`` on the night's snapshot; returns its meta.json contents.
+def train_models(spark: "SparkSession", cfg: Config, ds: str, roles: list[str], snap: "snapshot.Snapshot") -> dict:
+    """Train each role's model for ``ds`` on the night's snapshot, in one launch; returns each one's
+    meta.json contents by role.
 
     A model version that already has ``meta.json`` is finished and never rewritten: a rerun returns
     it (and moves ``LATEST`` forward to a serving model, should a crash have come in between). With
@@ -189,33 +202,43 @@ def train_role(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "sn
     """
     from lakerec import snapshot
 
-    version = model_version(cfg, ds, role, snap.version(snapshot.examples_table(role)))
-    with model_store.lock(model_store.models_root(cfg), version):
-        return _train_locked(spark, cfg, ds, role, snap, version)
+    versions = {role: model_version(cfg, ds, role, snap.version(snapshot.examples_table(role))) for role in roles}
+    with ExitStack() as locks:
+        for version in versions.values():
+            locks.enter_context(model_store.lock(model_store.models_root(cfg), version))
+        return _train_locked(spark, cfg, ds, versions, snap)
 
 
-def _train_locked(spark: "SparkSession", cfg: Config, ds: str, role: str, snap: "snapshot.Snapshot",
-                  version: str) -> dict:
-    """:func:`train_role` while this run holds ``version``'s lock."""
-    finished = model_store.models_root(cfg) / version
-    if (finished / META_FILE).is_file():
-        log.info("%s is already trained: not retraining it (a finished model is never trained again)", version)
-        model_store.redact_inputs(finished)
-        if role == SERVING:
-            model_store.publish_latest(finished, ds)
-        return json.loads((finished / META_FILE).read_text())
-    inputs = prepare(spark, cfg, ds, role, snap)
-    inputs_path = Path(inputs.model_dir) / INPUTS_FILE
+def _train_locked(spark: "SparkSession", cfg: Config, ds: str, versions: dict[str, str],
+                  snap: "snapshot.Snapshot") -> dict:
+    """:func:`train_models` while this run holds each model version's lock."""
+    root = model_store.models_root(cfg)
+    metas, pending = {}, {}
+    for role, version in versions.items():
+        finished = root / version
+        if (finished / META_FILE).is_file():
+            log.info("%s is already trained: not retraining it (a finished model is never trained again)", version)
+            model_store.redact_inputs(finished)
+            if role == SERVING:
+                model_store.publish_latest(finished, ds)
+            metas[role] = json.loads((finished / META_FILE).read_text())
+        else:
+            pending[role] = Path(prepare(spark, cfg, ds, role, snap).model_dir) / INPUTS_FILE
     if cfg.train.launcher == "none":
-        log.info("wrote %s: launch torchrun -m lakerec.train --inputs with it", inputs_path)
-        return {"model_version": version, "inputs": str(inputs_path)}
-    launch(cfg, inputs_path, Placement.of(spark, cfg))
-    meta_path = finished / META_FILE
-    if not meta_path.is_file():  # the launcher returns whichever rank ended last: check rank 0's output
-        raise RuntimeError(f"training finished without rank 0 writing {meta_path}")
-    meta = json.loads(meta_path.read_text())
-    log.info("trained %s in %.1fs, final loss %.4f", version, meta["train_seconds"], meta["final_loss"])
-    return meta
+        if pending:
+            log.info("wrote %s: run torchrun -m lakerec.train --inputs with them", " ".join(map(str, pending.values())))
+        return {role: metas.get(role) or {"model_version": versions[role], "inputs": str(pending[role])}
+                for role in versions}
+    if pending:
+        launch(cfg, list(pending.values()), Placement.of(spark, cfg))
+    for role in pending:
+        meta_path = root / versions[role] / META_FILE
+        if not meta_path.is_file():  # the launcher returns whichever rank ended last: check rank 0's output
+            raise RuntimeError(f"training finished without rank 0 writing {meta_path}")
+        metas[role] = json.loads(meta_path.read_text())
+        log.info("trained %s in %.1fs, final loss %.4f", versions[role], metas[role]["train_seconds"],
+                 metas[role]["final_loss"])
+    return {role: metas[role] for role in versions}
 
 
 @faults.job("train")
@@ -225,13 +248,13 @@ def run(spark: "SparkSession", cfg: Config, ds: str) -> dict:
     from lakerec import snapshot
 
     snap = snapshot.Snapshot.load(spark, cfg, ds)
-    roles = ([BACKTEST] if snapshot.backtest_due(cfg, ds) else []) + [SERVING]
-    return {role: train_role(spark, cfg, ds, role, snap) for role in roles}
+    return train_models(spark, cfg, ds, ([BACKTEST] if snapshot.backtest_due(cfg, ds) else []) + [SERVING], snap)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="lakerec DDP training worker (run under torchrun)")
-    parser.add_argument("--inputs", required=True, help="inputs.json written by the train job's prepare step")
+    parser.add_argument("--inputs", required=True, nargs="+", help="inputs.json written by the train job's prepare "
+                                                                    "step, one per model, trained in turn")
     parser.add_argument("--restarts", type=int, default=0, help="how many times the launcher started the ranks again")
     args = parser.parse_args()
     train_worker(args.inputs, args.restarts)

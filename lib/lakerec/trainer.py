@@ -1,9 +1,9 @@
 """The DDP training worker: one rank reads its Petastorm shard every epoch; rank 0 writes the model.
 
-Needs torch, pyarrow and petastorm only (no JVM, no Spark), so it runs on GPU nodes. The loop
-reads top to bottom (:func:`train_worker`): set up the rank, restore the newest checkpoint of the
-same inputs, then per epoch run it and end it (reduce, validate, checkpoint, agree on early
-stopping), then publish the model files, ``meta.json``, rename the folder and move ``models/LATEST``.
+Needs torch, pyarrow and petastorm only (no JVM, no Spark), so it runs on GPU nodes. The loop reads top to
+bottom (:func:`train_worker`): set up the rank; for each model, restore the newest checkpoint of the same inputs,
+then per epoch run it and end it (reduce, validate, checkpoint, agree on early stopping), then publish the
+model files, ``meta.json``, rename the folder and move ``models/LATEST``.
 
 Launch commands (the train job does this for you; ``--set train.launcher=none`` leaves it to you):
     torchrun --standalone --nproc_per_node=2 -m lakerec.train --inputs models/.<model_version>.partial/inputs.json
@@ -151,9 +151,7 @@ def _autocast(device: torch.device) -> AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def _in_lockstep(
-    batches: Iterator[dict[str, torch.Tensor]], place: Rank
-) -> Iterator[Optional[dict[str, torch.Tensor]]]:
+def _in_lockstep(batches: Iterator[dict[str, torch.Tensor]], place: Rank) -> Iterator[Optional[dict[str, torch.Tensor]]]:
     """This rank's batches, then ``None`` until every rank's shard is done.
 
     Shards differ in size by whole row groups. DDP's join() would let a finished rank skip its
@@ -435,16 +433,17 @@ class Trainer:
 
 
 @faults.job("train")
-def train_worker(inputs_path: str, restarts: int = 0) -> None:
-    """One DDP rank, start to finish: set up, restore, train epoch by epoch, publish. ``restarts`` (for meta.json)
-    is an argument, not the environment: ranks on Spark executors do not inherit the driver's."""
+def train_worker(inputs_paths: list[str], restarts: int = 0) -> None:
+    """One DDP rank, start to finish, for each model in turn: a night's two take one launch. ``restarts`` (for
+    meta.json) is an argument, not the environment: ranks on Spark executors do not inherit the driver's."""
     lifeline.exit_with_launcher()
     place = set_up_rank()
-    trainer = Trainer(TrainInputs.load(inputs_path), place, restarts)
-    trainer.restore()
-    for epoch in trainer.epochs():
-        if trainer.end_epoch(epoch, trainer.run_epoch(epoch)):
-            break
-    trainer.publish()
+    for path in inputs_paths:
+        trainer = Trainer(TrainInputs.load(path), place, restarts)
+        trainer.restore()
+        for epoch in trainer.epochs():
+            if trainer.end_epoch(epoch, trainer.run_epoch(epoch)):
+                break
+        trainer.publish()
     if place.distributed:
         dist.destroy_process_group()
