@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from pyspark.broadcast import Broadcast
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakerec import coldstart, faults, tables
@@ -232,10 +232,17 @@ def build_recommendations(spark: SparkSession, cfg: Config, snap: Snapshot, mode
     )
 
 
+def _flag(condition: Column) -> Column:
+    """How many rows meet ``condition``, as an aggregate: the gate takes every count of a frame in one action."""
+    return F.sum(F.when(condition, 1).otherwise(0))
+
+
 def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, snap: Snapshot) -> list[str]:
-    """Checks the staged recommendations must pass before publishing; returns what failed."""
+    """Checks the staged recommendations must pass before publishing; returns what failed.
+
+    Two Spark actions, one per user and one per row: on a small night each action costs more than its rows.
+    """
     n, ds = cfg.score.top_n, snap.ds
-    failures = []
     items = snap.read(spark, cfg, tables.ITEM_FEATURES).select("item_key")
     n_items = items.count()
     users = snap.read(spark, cfg, tables.USER_FEATURES).select("user_key", "user_idx")
@@ -249,42 +256,44 @@ def gate_failures(spark: SparkSession, cfg: Config, staged: DataFrame, snap: Sna
         F.countDistinct("item_key").alias("items"), F.max("rank").alias("max_rank"),
     )
     checked = owed.join(per_user, "user_key", "full_outer").fillna(0, ["rows", "ranks", "items", "max_rank"])
-    missing = checked.where(F.col("owed").isNull() | (F.col("rows") == 0)).count()
-    if missing:
-        failures.append(f"{missing} users are missing from the recommendations or unknown to the night's users")
-    bad = checked.where(
-        (F.col("rows") > 0)
-        & ((F.col("rows") != F.col("owed")) | (F.col("ranks") != F.col("rows"))
-           | (F.col("items") != F.col("rows")) | (F.col("max_rank") != F.col("rows")))
-    ).count()
-    if bad:
-        failures.append(f"{bad} users do not have exactly min({n}, unseen items) distinct items ranked 1..N")
-    nulls = staged.where(" OR ".join(f"{c} IS NULL" for c in staged.columns)).count()
-    if nulls:
-        failures.append(f"{nulls} rows have nulls")
-    non_finite = staged.where(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf"))).count()
-    if non_finite:
-        failures.append(f"{non_finite} rows have non-finite scores")
-    seen_recs = with_keys(spark, cfg, snap, seen_pairs).join(staged, ["user_key", "item_key"]).count()
-    if seen_recs:
-        failures.append(f"{seen_recs} recommendations are items the user already has")
-    unknown = staged.join(items, "item_key", "left_anti").count()
-    if unknown:
-        failures.append(f"{unknown} recommendations are items outside the catalogue of {ds}")
-    return failures + _coverage_failures(spark, cfg, staged, ds)
+    by_user = checked.agg(
+        _flag(F.col("owed").isNull() | (F.col("rows") == 0)).alias("missing"),
+        _flag((F.col("rows") > 0) & ((F.col("rows") != F.col("owed")) | (F.col("ranks") != F.col("rows"))
+                                     | (F.col("items") != F.col("rows")) | (F.col("max_rank") != F.col("rows")))
+              ).alias("bad"),
+    ).first()
+    seen = with_keys(spark, cfg, snap, seen_pairs).select("user_key", "item_key", F.lit(True).alias("seen"))
+    known = items.distinct().select("item_key", F.lit(True).alias("known"))
+    rows = staged.join(seen, ["user_key", "item_key"], "left").join(known, "item_key", "left")
+    by_row = rows.agg(
+        _flag(F.expr(" OR ".join(f"{c} IS NULL" for c in staged.columns))).alias("nulls"),
+        _flag(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf"))).alias("non_finite"),
+        _flag(F.col("seen").isNotNull()).alias("seen"),
+        _flag(F.col("known").isNull()).alias("unknown"),
+        F.countDistinct("item_key").alias("coverage"),
+    ).first()
+    failures = [message for count, message in (
+        (by_user["missing"], "users are missing from the recommendations or unknown to the night's users"),
+        (by_user["bad"], f"users do not have exactly min({n}, unseen items) distinct items ranked 1..N"),
+        (by_row["nulls"], "rows have nulls"),
+        (by_row["non_finite"], "rows have non-finite scores"),
+        (by_row["seen"], "recommendations are items the user already has"),
+        (by_row["unknown"], f"recommendations are items outside the catalogue of {ds}"),
+    ) for message in ([f"{count} {message}"] if count else [])]
+    return failures + _coverage_failures(spark, cfg, by_row["coverage"], ds)
 
 
-def _coverage_failures(spark: SparkSession, cfg: Config, staged: DataFrame, ds: str) -> list[str]:
-    """Distinct items recommended must not collapse below ``score.min_coverage_ratio`` of the previous night's."""
+def _coverage_failures(spark: SparkSession, cfg: Config, coverage: int, ds: str) -> list[str]:
+    """Distinct items recommended (``coverage``) must not collapse below ``score.min_coverage_ratio`` of the
+    previous night's."""
     last_ds = previous_ds(spark, cfg, tables.RECOMMENDATIONS, ds) if cfg.score.min_coverage_ratio > 0 else None
     if last_ds is None:
         return []
     previous = tables.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("ds") == last_ds)
     prev_cov = previous.select("item_key").distinct().count()
-    cov = staged.select("item_key").distinct().count()
-    if cov >= cfg.score.min_coverage_ratio * prev_cov:
+    if coverage >= cfg.score.min_coverage_ratio * prev_cov:
         return []
-    return [f"catalogue coverage {cov} items is below {cfg.score.min_coverage_ratio:.0%} of "
+    return [f"catalogue coverage {coverage} items is below {cfg.score.min_coverage_ratio:.0%} of "
             f"{prev_cov} on {last_ds} (score.min_coverage_ratio)"]
 
 
@@ -307,12 +316,13 @@ def run(spark: SparkSession, cfg: Config, ds: str, model_dir: Path | None = None
             + f" at version {staged_version}"
         )
     tables.replace_where(staged, cfg, tables.RECOMMENDATIONS, tables.equals(ds=checked_ds(ds)))
+    by_reason = staged.groupBy("reason").agg(F.count("*").alias("rows"),
+                                             F.countDistinct("user_key").alias("users")).collect()
     summary = {
         "ds": ds,
         "model_version": model_dir.name,
-        "rows": staged.count(),
-        "users_by_reason": {r["reason"]: r["users"] for r in
-                            staged.groupBy("reason").agg(F.countDistinct("user_key").alias("users")).collect()},
+        "rows": sum(r["rows"] for r in by_reason),
+        "users_by_reason": {r["reason"]: r["users"] for r in by_reason},
     }
     log.info("score %s: %s", ds, summary)
     return summary
