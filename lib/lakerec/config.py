@@ -138,6 +138,8 @@ class EmbedConfig:
     fields: list[str] = setting(
         factory=lambda: ["title", "genres", "tags", "description"], doc="item metadata joined into the embedded text")
     batch_size: int = setting(64, "texts per encoder batch")
+    threads_per_worker: int = setting(1, "torch threads in each Python worker (cores / concurrent tasks): torch's "
+                                         "default, every core, oversubscribes a node running several tasks")
 
 
 @dataclass(frozen=True)
@@ -294,8 +296,8 @@ _RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     (("features.test_fraction",), lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
     (("features.val_fraction", "train.id_dropout"), lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     (("features.test_k",), lambda v: v is None or v >= 1, "must be >= 1 or null"),
-    (("features.training_files", "embed.batch_size", "train.num_processes", "train.epochs", "train.dim",
-      "train.patience", "train.batch_size", "train.validation_users", "train.reader_workers", "score.top_n",
+    (("features.training_files", "embed.batch_size", "embed.threads_per_worker", "train.num_processes",
+      "train.epochs", "train.dim", "train.patience", "train.batch_size", "train.validation_users", "train.reader_workers", "score.top_n",
       "score.block_size", "score.threads_per_worker", "evaluate.als.max_iter", "evaluate.als.rating_rank",
       "nightly.warm_epochs", "source.max_field_chars", "segment.max_iter", "segment.profile_items"),
      lambda v: v >= 1, "must be >= 1"),

@@ -75,9 +75,12 @@ def item_texts(items: DataFrame, ec: EmbedConfig) -> DataFrame:
 
 def embed_texts(todo: DataFrame, ec: EmbedConfig) -> DataFrame:
     """Run the encoder over ``todo`` (item_key, text, text_hash) in a pandas UDF."""
-    encoder_name, batch_size = ec.encoder, ec.batch_size
+    encoder_name, batch_size, threads = ec.encoder, ec.batch_size, ec.threads_per_worker
 
     def embed_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import torch
+
+        torch.set_num_threads(threads)
         encoder = load_encoder(encoder_name)
         for pdf in batches:
             vectors = encoder.encode(pdf["text"].tolist(), batch_size=batch_size, normalize_embeddings=True,
