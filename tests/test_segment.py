@@ -2,6 +2,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from pyspark.sql import functions as F
 
 from conftest import PIPELINE_DS
@@ -90,3 +91,42 @@ def test_segments_off_write_nothing(spark, pipeline_run):
 
     assert result == {"ds": PIPELINE_DS, "enabled": False}
     assert {t: tables.version(spark, cfg, t) for t in versions} == versions
+
+
+def test_the_text_block_is_standardised_on_the_executors_as_the_model_block_is_on_the_driver(spark):
+    """Same events at one time per user (weights 1): each user's block is the plain mean of their items' texts,
+    standardised over the users asked for who have a text, exactly as :func:`segment.standardised` does."""
+    rng = np.random.default_rng(11)
+    texts = rng.normal(0, 1, (6, 5))
+    texts[:, 4] = 2.0  # a dimension that never varies: 0 for everyone
+    owned = {0: [0, 1], 1: [2], 2: [3, 4, 5], 3: [1, 5], 4: [6], 5: [0, 3]}  # user 4's item has no text
+    history = spark.createDataFrame([(u, i, 1.0, 1_700_000_000 + u) for u, items in owned.items() for i in items],
+                                    "user_idx int, item_idx int, label float, ts bigint")
+    text = spark.createDataFrame([(i, [float(x) for x in row]) for i, row in enumerate(texts)], segment.TEXT_SCHEMA)
+    users = spark.createDataFrame([(u,) for u in range(5)], "user_idx int")  # user 5 is not asked for
+    cfg = load_config("local")
+
+    block, width = segment.text_block(cfg, history, text, users)
+
+    got = {r["user_idx"]: r["meaning"] for r in block.collect()}
+    assert width == 5 and sorted(got) == [0, 1, 2, 3]
+    means = np.array([texts[owned[u]].mean(axis=0) for u in range(5) if u != 4] + [np.zeros(5)])
+    expected = segment.standardised(means, np.array([True, True, True, True, False]))
+    assert np.allclose([got[u] for u in range(4)], expected[:4]) and np.allclose(expected[:4, 4], 0.0)
+
+
+def test_fewer_than_three_users_make_one_segment_and_none_make_none(spark):
+    model, history, text, owners, _ = _planted(spark)
+    cfg = load_config("local")
+    two = spark.createDataFrame([(0,), (PER_GROUP,)], "user_idx int")  # one user of group 0, one of group 1
+
+    result = segment.segment_users(spark, cfg, model, history, text, users=two)
+
+    rows = sorted(result.assignments.collect())
+    assert [(r["user_idx"], r["segment"]) for r in rows] == [(0, 0), (PER_GROUP, 0)]
+    assert result.k == 1 and result.sizes == [2] and result.silhouette is None
+    assert rows[0]["distance"] == pytest.approx(rows[1]["distance"]) and rows[0]["distance"] > 0  # both half-way
+
+    none = segment.segment_users(spark, cfg, model, history, text, users=spark.createDataFrame([], "user_idx int"))
+
+    assert none.assignments.count() == 0 and none.sizes == []

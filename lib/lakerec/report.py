@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # the object API draws to files without a display or pyplot state
-from pyspark.sql import SparkSession, Window
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakerec import segment, tables
@@ -164,14 +165,16 @@ def _backtest_section(metrics: list[dict], model_dirs: dict[str, Path], out: Pat
     ]
 
 
-def _plot_projection(profiles: segment.Profiles, segments: dict[int, int], path: Path) -> None:
-    """The first two principal components of a sample of the profiles, coloured by segment."""
-    rng = np.random.default_rng(0)
-    rows = rng.choice(len(profiles.user_idx), min(PROJECTED_USERS, len(profiles.user_idx)), replace=False)
-    sample = profiles.matrix[rows] - profiles.matrix[rows].mean(axis=0)
-    _, _, axes_t = np.linalg.svd(sample, full_matrices=False)
-    points = sample @ axes_t[:2].T if len(axes_t) >= 2 else np.zeros((len(rows), 2))
-    colours = [segments.get(int(u), -1) for u in profiles.user_idx[rows]]
+def _plot_projection(profiles: DataFrame, members: DataFrame, path: Path) -> None:
+    """The first two principal components of a sample of the profiles (a fixed hash of user_idx picks it),
+    coloured by segment."""
+    sample = (profiles.join(members, "user_idx", "left").orderBy(F.xxhash64("user_idx"), "user_idx")
+              .limit(PROJECTED_USERS).select(vector_to_array("features").alias("features"), "segment").toPandas())
+    matrix = np.stack(sample["features"].to_numpy()) if len(sample) else np.zeros((0, 2))
+    centred = matrix - matrix.mean(axis=0) if len(matrix) else matrix
+    _, _, axes_t = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ axes_t[:2].T if len(axes_t) >= 2 else np.zeros((len(centred), 2))
+    colours = sample["segment"].fillna(-1).astype(int).tolist()
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
     scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab20", s=10)
@@ -213,8 +216,8 @@ def _segments_section(spark: SparkSession, cfg: Config, ds: str, serving: Path, 
         return ["## Segments", "", f"No segments for {ds} (`segment.enabled` is off, or the segment job has not run).", ""]
     members = tables.read(spark, cfg, tables.USER_SEGMENTS).where(F.col("ds") == ds).select("user_idx", "segment")
     night = segment.night_inputs(spark, cfg, Snapshot.load(spark, cfg, ds), serving)
-    profiles = segment.user_profiles(cfg, night.model, night.history, night.text, night.users)
-    _plot_projection(profiles, {r["user_idx"]: r["segment"] for r in members.collect()}, out / "segments.png")
+    profiles = segment.user_profiles(spark, cfg, night.model, night.history, night.text, night.users)
+    _plot_projection(profiles, members, out / "segments.png")
     genres = any(r["top_genres"] for r in rows)
     if genres:
         counts = segment.genre_counts(members, night.history, night.items).collect()

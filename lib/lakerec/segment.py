@@ -6,8 +6,9 @@ recency-weighted mean text embedding of the items in their history. Each block i
 dimension and scaled to a total variance of 1, so both weigh the same whatever their widths (64
 model dimensions beside 384 MiniLM ones); a user with nothing in a block sits at its mean (zeros).
 Spark MLlib ``KMeans`` clusters the profiles; ``k`` is ``segment.k``, or the ``segment.k_grid``
-value with the best silhouette. The profile matrix is assembled on the driver: users x (model dim +
-text dim) floats, the order of the user factors the scorer already loads there.
+value with the best silhouette. Only the model block is built on the driver: users x model dim floats,
+the user factors the scorer already loads there. The text block (users x 384), the profiles, the
+clustering and each user's distance stay on the executors.
 """
 from __future__ import annotations
 
@@ -34,16 +35,7 @@ from lakerec.snapshot import Snapshot, checked_ds
 
 log = logging.getLogger(__name__)
 
-ASSIGNMENT_SCHEMA = "user_idx int, segment int, distance double"
 TEXT_SCHEMA = "item_idx int, embedding array<float>"
-
-
-@dataclass(frozen=True)
-class Profiles:
-    """One row per user (``user_idx`` ascending): the model block, then the text block, both standardised."""
-
-    user_idx: np.ndarray
-    matrix: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -68,16 +60,32 @@ class NightInputs:
     items: DataFrame  # item_idx, item_key, genres, title
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """Per-dimension mean and (population) standard deviation of a block over the users who have it."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def factor(self) -> np.ndarray:
+        """Per dimension: 1 / std, over the root of the number of dimensions that vary; 0 where one never varies."""
+        varying = self.std > 1e-12
+        return np.where(varying, 1.0 / np.where(varying, self.std, 1.0), 0.0) / np.sqrt(max(int(varying.sum()), 1))
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` z-scored per dimension and scaled to total variance 1; dimensions that never vary are 0."""
+        return (rows - self.mean) * self.factor
+
+
 def standardised(block: np.ndarray, present: np.ndarray) -> np.ndarray:
     """``block`` z-scored per dimension over the ``present`` rows, scaled to total variance 1; absent rows 0."""
     out = np.zeros(block.shape, np.float64)
     if not present.any() or block.shape[1] == 0:
         return out
     rows = block[present].astype(np.float64)
-    std = rows.std(axis=0)
-    varying = std > 1e-12
-    out[present] = np.where(varying, (rows - rows.mean(axis=0)) / np.where(varying, std, 1.0), 0.0)
-    return out / np.sqrt(max(int(varying.sum()), 1))
+    out[present] = Scaling(rows.mean(axis=0), rows.std(axis=0)).apply(rows)
+    return out
 
 
 def _positions(users: np.ndarray, user_idx: np.ndarray) -> np.ndarray:
@@ -112,34 +120,46 @@ def model_block(cfg: Config, model: FactorModel, history: DataFrame, users: np.n
     return vectors, present
 
 
-def text_block(cfg: Config, history: DataFrame, text: DataFrame, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors, present): each user's mean text embedding of their items, weight halving every
-    ``segment.text_half_life_days`` before their latest event; width 0 when none of their items has a text."""
+def text_block(cfg: Config, history: DataFrame, text: DataFrame, users: DataFrame) -> tuple[DataFrame, int]:
+    """((user_idx, meaning), width): each of ``users``' mean text embedding of their items, weight halving every
+    ``segment.text_half_life_days`` before their latest event, standardised over the users who have one (the
+    others have no row). Computed and scaled on the executors: users x text width never reaches the driver."""
     half_life = cfg.segment.text_half_life_days * SECONDS_PER_DAY
     age = F.max("ts").over(Window.partitionBy("user_idx")) - F.col("ts")
     weighted = history.select("user_idx", "item_idx", F.coalesce(F.pow(F.lit(0.5), age / half_life), F.lit(1.0)).alias("w"))
     means = (
         weighted.join(text.select("item_idx", array_to_vector("embedding").alias("vec")), "item_idx")
         .groupBy("user_idx").agg(Summarizer.mean(F.col("vec"), F.col("w")).alias("mean"))
-        .select("user_idx", vector_to_array("mean").alias("mean")).toPandas()
+        .join(users.select("user_idx"), "user_idx", "left_semi")
+        .localCheckpoint()  # computed once for its statistics and its rows
     )
-    means = means[np.isin(means["user_idx"].to_numpy(), users)]
-    dim = len(means["mean"].iloc[0]) if len(means) else 0
-    vectors, present = np.zeros((len(users), dim), np.float32), np.zeros(len(users), bool)
-    rows = _positions(users, means["user_idx"].to_numpy())
-    vectors[rows] = np.stack(means["mean"].to_numpy()) if len(means) else 0.0
-    present[rows] = True
-    return vectors, present
+    n = means.count()
+    if n == 0:  # a summarizer refuses to summarise nothing
+        return means.select("user_idx", F.array().cast("array<double>").alias("meaning")), 0
+    stats = means.select(Summarizer.metrics("mean", "variance").summary(F.col("mean")).alias("s")).first()["s"]
+    population_variance = np.nan_to_num(stats["variance"].toArray()) * (n - 1) / n
+    scaling = Scaling(stats["mean"].toArray(), np.sqrt(population_variance))
+    scale = means.sparkSession.createDataFrame([(scaling.mean.tolist(), scaling.factor.tolist())],
+                                               "shift array<double>, factor array<double>")
+    centred = F.zip_with(vector_to_array("mean"), "shift", lambda x, shift: x - shift)
+    meaning = means.crossJoin(F.broadcast(scale)).select(
+        "user_idx", F.zip_with(centred, "factor", lambda x, factor: x * factor).alias("meaning"))
+    return meaning, len(scaling.mean)
 
 
-def user_profiles(cfg: Config, model: FactorModel, history: DataFrame, text: DataFrame,
-                  users: Optional[DataFrame] = None) -> Profiles:
-    """Every user's profile: ``users`` (user_idx), by default everyone in ``history``."""
-    users = history if users is None else users
-    user_idx = np.sort(users.select("user_idx").distinct().toPandas()["user_idx"].to_numpy().astype(np.int64))
+def user_profiles(spark: SparkSession, cfg: Config, model: FactorModel, history: DataFrame, text: DataFrame,
+                  users: Optional[DataFrame] = None) -> DataFrame:
+    """(user_idx, features): every user's profile, the model block then the text block, for ``users``
+    (user_idx; by default everyone in ``history``). A user without a text block has zeros there."""
+    users = (history if users is None else users).select("user_idx").distinct()
+    user_idx = np.sort(users.toPandas()["user_idx"].to_numpy().astype(np.int64))
     behaviour = standardised(*model_block(cfg, model, history, user_idx))
-    meaning = standardised(*text_block(cfg, history, text, user_idx))
-    return Profiles(user_idx, np.hstack([behaviour, meaning]))
+    model_rows = spark.createDataFrame(pd.DataFrame({"user_idx": user_idx.astype(np.int32), "behaviour": list(behaviour)}),
+                                       "user_idx int, behaviour array<double>")
+    meaning, width = text_block(cfg, history, text, users)
+    return model_rows.join(meaning, "user_idx", "left").select(
+        "user_idx", array_to_vector(F.concat("behaviour", F.coalesce("meaning", F.array_repeat(F.lit(0.0), width))))
+        .alias("features"))
 
 
 def _fit(frame: DataFrame, cfg: Config, k: int) -> tuple[KMeansModel, DataFrame]:
@@ -154,41 +174,45 @@ def _silhouette(predicted: DataFrame, model: KMeansModel) -> float:
     return float(ClusteringEvaluator(featuresCol="features", metricName="silhouette").evaluate(predicted))
 
 
-def cluster(spark: SparkSession, cfg: Config, profiles: Profiles, k: Optional[int] = None) -> Segmentation:
-    """K-means on ``profiles``: ``k``, or (None) the ``segment.k_grid`` value with the best silhouette,
-    each capped below the number of users; fewer than 3 users make one segment."""
-    n_users = len(profiles.user_idx)
-    if n_users < 3:
-        labels = np.zeros(n_users, np.int64)
-        centers = profiles.matrix.mean(axis=0, keepdims=True) if n_users else np.zeros((1, profiles.matrix.shape[1]))
-        return _assigned(spark, profiles, labels, centers, None, {})
-    pdf = pd.DataFrame({"user_idx": profiles.user_idx.astype(np.int32), "features": list(profiles.matrix)})
-    frame = spark.createDataFrame(pdf).select("user_idx", array_to_vector("features").alias("features")).cache()
+def cluster(cfg: Config, profiles: DataFrame, k: Optional[int] = None) -> Segmentation:
+    """K-means on ``profiles`` (user_idx, features): ``k``, or (None) the ``segment.k_grid`` value with the best
+    silhouette, each capped below the number of users; fewer than 3 users make one segment."""
+    frame = profiles.cache()
     try:
+        n_users = frame.count()
+        if n_users < 3:
+            centers = np.zeros((1, 0))
+            if n_users:
+                centers = np.array([frame.select(Summarizer.mean(F.col("features")).alias("m")).first()["m"].toArray()])
+            return _assigned(frame.withColumn("prediction", F.lit(0)), centers, [n_users], None, {})
         grid = [k] if k is not None else cfg.segment.k_grid
         fits = {c: _fit(frame, cfg, c) for c in sorted({min(c, n_users - 1) for c in grid})}
         silhouettes = {c: _silhouette(predicted, model) for c, (model, predicted) in fits.items()}
         best = max(silhouettes, key=lambda c: (silhouettes[c], -c))
         model, predicted = fits[best]
-        labels = predicted.select("user_idx", "prediction").toPandas().sort_values("user_idx")["prediction"].to_numpy()
+        log.info("segment: silhouette by k %s, chose k=%d", silhouettes, best)
+        centers = np.array(model.clusterCenters())
+        return _assigned(predicted, centers, model.summary.clusterSizes, silhouettes[best], silhouettes)
     finally:
         frame.unpersist()
-    log.info("segment: silhouette by k %s, chose k=%d", silhouettes, best)
-    return _assigned(spark, profiles, labels, np.array(model.clusterCenters()), silhouettes[best], silhouettes)
 
 
-def _assigned(spark: SparkSession, profiles: Profiles, labels: np.ndarray, centers: np.ndarray,
-              silhouette: Optional[float], silhouettes: dict[int, float]) -> Segmentation:
-    """Segments numbered by size (0 the largest), each user's Euclidean distance to their centroid."""
-    sizes = np.bincount(labels, minlength=len(centers))
+def _assigned(predicted: DataFrame, centers: np.ndarray, cluster_sizes: list[int], silhouette: Optional[float],
+              silhouettes: dict[int, float]) -> Segmentation:
+    """Segments numbered by size (0 the largest), each user's Euclidean distance to their centroid; the
+    assignments are checkpointed, so they outlive the cached profiles."""
+    sizes = np.array(cluster_sizes)
     order = np.argsort(-sizes, kind="stable")
     renumbered = np.empty_like(order)
     renumbered[order] = np.arange(len(order))
-    distance = np.linalg.norm(profiles.matrix - centers[labels], axis=1) if len(labels) else np.zeros(0)
-    pdf = pd.DataFrame({"user_idx": profiles.user_idx.astype(np.int32),
-                        "segment": renumbered[labels].astype(np.int32), "distance": distance.astype(np.float64)})
-    assignments = spark.createDataFrame(pdf, ASSIGNMENT_SCHEMA)
-    return Segmentation(assignments, len(centers), silhouette, silhouettes, [int(s) for s in sizes[order] if s])
+    centroids = predicted.sparkSession.createDataFrame(
+        [(c, int(renumbered[c]), centers[c].tolist()) for c in range(len(centers))],
+        "prediction int, segment int, centroid array<double>")
+    squares = F.zip_with(vector_to_array("features"), "centroid", lambda x, c: (x - c) * (x - c))
+    assignments = predicted.join(F.broadcast(centroids), "prediction").select(
+        "user_idx", "segment", F.sqrt(F.aggregate(squares, F.lit(0.0), lambda total, x: total + x)).alias("distance"))
+    return Segmentation(assignments.localCheckpoint(), len(centers), silhouette, silhouettes,
+                        [int(s) for s in sizes[order] if s])
 
 
 def segment_users(spark: SparkSession, cfg: Config, model: FactorModel, history: DataFrame, text: DataFrame,
@@ -197,8 +221,8 @@ def segment_users(spark: SparkSession, cfg: Config, model: FactorModel, history:
 
     ``history``: (user_idx, item_idx, label, ts); ``text``: (item_idx, embedding); ``k``: default ``segment.k``.
     """
-    profiles = user_profiles(cfg, model, history, text, users)
-    return cluster(spark, cfg, profiles, k if k is not None else cfg.segment.k)
+    profiles = user_profiles(spark, cfg, model, history, text, users)
+    return cluster(cfg, profiles, k if k is not None else cfg.segment.k)
 
 
 def _top(counts: DataFrame, n: int, *fields: str) -> DataFrame:
