@@ -1,4 +1,5 @@
-"""User segments: one per user per night, a rerun replaces them, and the choice of k finds planted clusters."""
+"""User segments: one per user per night, a rerun replaces them, the choice of k finds planted clusters, and the
+text block is standardised on the executors as the model block is on the driver."""
 from dataclasses import replace
 
 import numpy as np
